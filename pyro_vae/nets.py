@@ -1,0 +1,79 @@
+"""Neural networks of the VAE: a multilayer perceptron, the Gaussian encoder and the decoder.
+
+Contract (see DESIGN.md): networks return distributions. The encoder maps ``x`` to a
+distribution over ``z`` with event shape ``(z_dim,)``; the decoder maps ``z`` to the likelihood's
+distribution over one datapoint. Leading batch dimensions are carried through, so the same
+networks serve one particle per datapoint in training and ``(K, B)`` particles in evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .likelihoods import Likelihood
+
+#: Smallest standard deviation the encoder can output; keeps log q(z|x) finite in float32.
+MIN_SCALE = 1e-5
+
+
+class MLP(nn.Sequential):
+    """Fully connected network ``in_dim -> hidden_sizes... -> out_dim`` with ReLU between layers.
+
+    The output layer is linear: heads decide how to constrain it.
+    """
+
+    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], out_dim: int):
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    r"""Q(z|x) = N(z | mu(x), diag(sigma(x)^2)), the tutorial's encoder (section 2.2).
+
+    One MLP outputs ``2 * z_dim`` numbers: the mean and an unconstrained scale, mapped through
+    ``softplus`` (plus :data:`MIN_SCALE`) so the standard deviation is positive and grows
+    linearly rather than exponentially for large outputs.
+
+    Returns ``Normal(z_loc, z_scale).to_event(1)``: batch shape = the input's leading shape,
+    event shape ``(z_dim,)``.
+    """
+
+    def __init__(self, x_dim: int, hidden_sizes: Sequence[int], z_dim: int):
+        super().__init__()
+        self.x_dim = x_dim
+        self.z_dim = z_dim
+        self.body = MLP(x_dim, hidden_sizes, 2 * z_dim)
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
+        z_loc, raw_scale = self.body(x).split(self.z_dim, dim=-1)
+        z_scale = F.softplus(raw_scale) + MIN_SCALE
+        return dist.Normal(z_loc, z_scale).to_event(1)
+
+
+class Decoder(nn.Module):
+    """P(x|z): an MLP ``f(z)`` followed by a likelihood head that turns ``f(z)`` into a distribution.
+
+    The MLP emits ``likelihood.params_per_dim`` numbers per data dimension; the head reads them
+    (logits for a Bernoulli, a mean for a Gaussian, ...). Swapping the head swaps the likelihood
+    without touching the network, the model or the estimators.
+    """
+
+    def __init__(self, z_dim: int, hidden_sizes: Sequence[int], x_dim: int, likelihood: Likelihood):
+        super().__init__()
+        self.z_dim = z_dim
+        self.x_dim = x_dim
+        self.body = MLP(z_dim, hidden_sizes, x_dim * likelihood.params_per_dim)
+        self.likelihood = likelihood
+
+    def forward(self, z: torch.Tensor) -> dist.Distribution:
+        return self.likelihood(self.body(z))

@@ -1,0 +1,77 @@
+"""Figures of a run: image grids (samples, reconstructions) and ELBO curves.
+
+Uses matplotlib's object-oriented API (``Figure`` + Agg canvas) so that importing this module
+neither selects a global backend nor needs a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .data import IMAGE_SHAPE
+
+
+def image_grid(
+    images: torch.Tensor,
+    *,
+    num_columns: int | None = None,
+    padding: int = 2,
+    image_shape: tuple[int, int] = IMAGE_SHAPE,
+) -> np.ndarray:
+    """Tile ``(N, H*W)`` images in [0, 1] into one ``(rows*(H+p)+p, cols*(W+p)+p)`` array."""
+    images = images.detach().float().cpu().reshape(-1, *image_shape).clamp(0, 1).numpy()
+    num = images.shape[0]
+    cols = num_columns or math.ceil(math.sqrt(num))
+    rows = math.ceil(num / cols)
+    height, width = image_shape
+    grid = np.ones((rows * (height + padding) + padding, cols * (width + padding) + padding))
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        top, left = padding + r * (height + padding), padding + c * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def save_image_grid(
+    path: str | os.PathLike,
+    images: torch.Tensor,
+    *,
+    num_columns: int | None = None,
+    title: str | None = None,
+    upscale: int = 3,
+) -> None:
+    """Write ``images`` as a gray PNG grid (pixel-exact, ``upscale`` x magnified)."""
+    grid = image_grid(images, num_columns=num_columns)
+    grid = np.kron(grid, np.ones((upscale, upscale)))
+    height, width = grid.shape
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, (height + (30 if title else 0)) / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, height / (height + (30 if title else 0))))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.995, va="top")
+    fig.savefig(path, dpi=dpi)
+
+
+def save_elbo_curves(
+    path: str | os.PathLike, train_elbo: Sequence[float], valid_elbo: Sequence[float]
+) -> None:
+    """Plot train and validation ELBO (nats per image) against the epoch."""
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    epochs = np.arange(1, len(train_elbo) + 1)
+    ax.plot(epochs, train_elbo, marker="o", label="train")
+    ax.plot(epochs, valid_elbo, marker="s", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per image)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)

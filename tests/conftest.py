@@ -1,0 +1,36 @@
+"""Shared fixtures: a clean, seeded, validated Pyro state for every test; small MNIST tensors."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.data import fixed_binarization, load_mnist
+
+
+@pytest.fixture(autouse=True)
+def clean_pyro_state():
+    """Every test starts with an empty parameter store, seed 0 and Pyro's validation on."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def small_train_images() -> torch.Tensor:
+    """The first 3,000 training images as intensities, ``(3000, 784)``."""
+    return load_mnist("train", subset=3000).images
+
+
+@pytest.fixture(scope="session")
+def small_valid_binary() -> torch.Tensor:
+    """The first 1,000 validation images, binarized once with seed 1, ``(1000, 784)``."""
+    return fixed_binarization(load_mnist("valid", subset=1000).images, seed=1)
+
+
+def cuda_only(test):
+    """Mark a test as needing CUDA and skip it where there is none."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))

@@ -1,0 +1,114 @@
+"""The pyro-vae command: smoke runs, resume, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.data import MNIST_FILES, resolve_raw_dir
+
+RUN_FILES = {"config.json", "checkpoint.pt", "metrics.json", "samples.png", "reconstructions.png", "elbo.png"}
+SMALL_FLAGS = ["--subset", "500", "--hidden", "64", "--z-dim", "4", "--device", "cpu", "--no-progress"]
+
+
+def run_cli(*argv):
+    """Run main() in-process; return (exit code, stdout, stderr) via SystemExit or return value."""
+    try:
+        return main(list(argv))
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_train_writes_every_file_and_improving_finite_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "vae", "--epochs", "2", *SMALL_FLAGS, "--lr", "3e-3", "--out", str(out)) == 0
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["train_elbo"]) == len(metrics["valid_elbo"]) == 2
+    assert all(math.isfinite(v) for v in metrics["train_elbo"] + metrics["valid_elbo"])
+    assert metrics["valid_elbo"][1] > metrics["valid_elbo"][0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["z_dim"] == 4 and config["model"]["hidden_sizes"] == [64]
+    assert "final validation ELBO" in capsys.readouterr().out
+
+    # resume to 3 epochs; the saved model settings are kept
+    assert (
+        run_cli(
+            "train", "vae", "--epochs", "3", "--out", str(out), "--resume", "--device", "cpu", "--no-progress"
+        )
+        == 0
+    )
+    assert len(json.loads((out / "metrics.json").read_text())["valid_elbo"]) == 3
+
+    # a conflicting flag on resume, and an existing run without --resume, are refused
+    assert run_cli("train", "vae", "--epochs", "4", "--z-dim", "8", "--out", str(out), "--resume") == 2
+    assert "trained with --z-dim 4" in capsys.readouterr().err
+    assert run_cli("train", "vae", "--epochs", "1", *SMALL_FLAGS, "--out", str(out)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    assert (
+        run_cli("sample", str(out), "--num", "16", "--out", str(tmp_path / "s.png"), "--device", "cpu") == 0
+    )
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "vae", "--epochs", "-1"], "--epochs: must be >= 0"),
+        (["train", "vae", "--z-dim", "0"], "--z-dim: must be a positive integer"),
+        (["train", "vae", "--likelihood", "poisson"], "invalid choice: 'poisson'"),
+        (["train", "vae", "--lr", "fast"], "--lr: must be a number"),
+        (["sample", "no/such/run"], "run folder no/such/run does not exist"),
+        (["train", "vae", "--epochs", "1", "--out", "x", "--resume"], "cannot resume"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupted_data_is_named_without_traceback(tmp_path):
+    """Through the installed entry point: exit code 2 and one line naming the bad file."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for spec in MNIST_FILES.values():
+        shutil.copy(resolve_raw_dir(None) / spec.filename, raw / spec.filename)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"truncated")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            "vae",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train-images-idx3-ubyte.gz is corrupted or truncated" in lines[0]
+
+
+def test_sample_refuses_a_folder_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "vae", "model": {}, "train": {}}))
+    assert run_cli("sample", str(tmp_path)) == 2
+    assert "no checkpoint" in capsys.readouterr().err
