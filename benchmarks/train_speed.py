@@ -28,17 +28,28 @@ from pyro_vae.data import binarize, fixed_binarization, load_mnist, minibatch_in
 from .results_file import machine_description, write_section
 
 
-def pyro_epoch(config: VAEConfig, images: torch.Tensor, valid: torch.Tensor, batch_size: int,
-               objective: str) -> float:
+def pyro_epoch(
+    config: VAEConfig, images: torch.Tensor, valid: torch.Tensor, batch_size: int, objective: str
+) -> float:
     """Seconds for one epoch of :func:`pyro_vae.train.train` (validation on 100 images only)."""
     from pyro_vae.builders import build_objective
 
     torch.manual_seed(0)
     vae = build_vae(config)
     started = time.perf_counter()
-    train(vae, (images,), (valid,), epochs=1, batch_size=batch_size, lr=1e-3, seed=0,
-          loss=build_objective(objective), batch_transform=lambda x: (binarize(x),),
-          progress=False, log=None)
+    train(
+        vae,
+        (images,),
+        (valid,),
+        epochs=1,
+        batch_size=batch_size,
+        lr=1e-3,
+        seed=0,
+        loss=build_objective(objective),
+        batch_transform=lambda x: (binarize(x),),
+        progress=False,
+        log=None,
+    )
     return time.perf_counter() - started
 
 
@@ -96,17 +107,21 @@ def main(argv=None) -> None:
         )
         print(rows[-1], flush=True)
     pyro.clear_param_store()
-    body = "\n".join([
-        "## Training epoch: Pyro SVI vs plain PyTorch (`python -m benchmarks.train_speed`)",
-        "",
-        f"Machine: {machine_description()}.",
-        f"Network {[784, *args.hidden, args.z_dim]} (decoder mirrored), {images.shape[0]:,} images per epoch, "
-        f"objective `{args.objective}`, median of {args.repeats} interleaved repetitions.",
-        "",
-        "| batch | Pyro SVI images/s | plain PyTorch images/s | time ratio (Pyro / plain) | Pyro overhead per step |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-    ])
+    body = "\n".join(
+        [
+            "## Training epoch: Pyro SVI vs plain PyTorch (`python -m benchmarks.train_speed`)",
+            "",
+            f"Machine: {machine_description()}.",
+            f"Network {[784, *args.hidden, args.z_dim]} (decoder mirrored), "
+            f"{images.shape[0]:,} images per epoch, objective `{args.objective}`, "
+            f"median of {args.repeats} interleaved repetitions.",
+            "",
+            "| batch | Pyro SVI images/s | plain PyTorch images/s | time ratio (Pyro / plain) "
+            "| Pyro overhead per step |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+    )
     if not args.no_write:
         write_section("train_speed", body)
     print(body)

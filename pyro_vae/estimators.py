@@ -55,7 +55,10 @@ def inspect_structure(model: Callable, guide: Callable, *args, data_plate: str =
         If there is no vectorized plate named ``data_plate`` or a sample site lies outside it (a
         global latent variable has no per-datapoint weight), or if the plate subsamples.
     """
-    with poutine.block(), torch.no_grad():
+    # This probing trace must not consume random numbers: the estimates that follow then use the
+    # same draws as any other Pyro estimator run from the same seed (e.g. RenyiELBO).
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda_devices):
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     max_nesting = 0
@@ -97,19 +100,31 @@ def _site_log_prob(site: dict, num_dims: int, data_axis: int) -> torch.Tensor:
     return log_p.reshape(log_p.shape[0], log_p.shape[data_axis])
 
 
-def _chunk_log_weights(model, guide, args, num_particles: int, structure: ModelStructure) -> torch.Tensor:
+def _chunk_log_weight_terms(
+    model, guide, args, num_particles: int, structure: ModelStructure
+) -> torch.Tensor:
+    """``(3, k, B)``: log p(observed | latents), log p(latents), log q(latents), for k particles."""
     particle_dim = -structure.max_plate_nesting - 1
     num_dims = -particle_dim
     data_axis = num_dims + structure.data_dim
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    log_w = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                log_w = log_w + sign * _site_log_prob(site, num_dims, data_axis)
-    return log_w
+
+    def scored(trace, observed: bool) -> list[torch.Tensor]:
+        return [
+            _site_log_prob(site, num_dims, data_axis)
+            for site in trace.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site) and site["is_observed"] == observed
+        ]
+
+    groups = [scored(model_trace, True), scored(model_trace, False), scored(guide_trace, False)]
+    present = [term for group in groups for term in group]
+    if not present:
+        raise ModelStructureError("the model and guide have no sample sites to weigh")
+    zeros = present[0].new_zeros(num_particles, present[0].shape[1])
+    # A model without latent sites (e.g. a regressor) has log p(z) = log q(z) = 0.
+    return torch.stack([sum(group, zeros) for group in groups])
 
 
 def _split_batch(args: tuple, batch_size: int | None) -> Iterator[tuple]:
@@ -133,6 +148,65 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@dataclass(frozen=True)
+class LogWeightTerms:
+    """The three parts of the log-weights, each ``(K, B)``.
+
+    ``observed`` = log p(x | z_k) (observed sites of the model), ``latent`` = log p(z_k) (latent
+    sites of the model), ``guide`` = log q(z_k | x). Their means over K are the *distortion*
+    (-E_q log p(x|z)) and *rate* (E_q[log q - log p(z)] = KL(Q(z|X) || P(z)) in expectation) of
+    the tutorial's information-theoretic reading (section 2.4.2).
+    """
+
+    observed: torch.Tensor
+    latent: torch.Tensor
+    guide: torch.Tensor
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log w = log p(x | z) + log p(z) - log q(z | x), ``(K, B)``."""
+        return self.observed + self.latent - self.guide
+
+
+def log_weight_terms(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    data_plate: str = "data",
+) -> LogWeightTerms:
+    r"""Per-particle, per-datapoint log p(x|z), log p(z) and log q(z|x); see :func:`log_weights`."""
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer (K >= 1), got {num_samples!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    columns = []
+    with torch.no_grad():
+        for batch_args in _split_batch(args, batch_size):
+            structure = inspect_structure(model, guide, *batch_args, data_plate=data_plate)
+            num_data = _batch_length(batch_args)
+            step = chunk_size or max(1, DEFAULT_PAIRS_PER_CHUNK // max(1, num_data))
+            step = min(step, num_samples)
+            rows = []
+            try:
+                for start in range(0, num_samples, step):
+                    k = min(step, num_samples - start)
+                    rows.append(_chunk_log_weight_terms(model, guide, batch_args, k, structure))
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                smaller = max(1, step // 4)
+                raise EstimatorMemoryError(
+                    f"out of memory evaluating {step} particles x {num_data} datapoints at once; "
+                    f"use chunk_size={smaller} (--chunk-size {smaller}) or a smaller batch_size"
+                ) from None
+            columns.append(torch.cat(rows, dim=1))
+    terms = torch.cat(columns, dim=2)
+    return LogWeightTerms(observed=terms[0], latent=terms[1], guide=terms[2])
 
 
 def log_weights(
@@ -165,33 +239,23 @@ def log_weights(
     -------
     Tensor
         ``(K, B)`` log-weights, computed without gradients.
+
+    Raises
+    ------
+    ModelStructureError
+        If a sample site is outside the data plate (no per-datapoint weight exists).
+    EstimatorMemoryError
+        If a chunk does not fit in memory; the message names a chunk size to use.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer (K >= 1), got {num_samples!r}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    columns = []
-    with torch.no_grad():
-        for batch_args in _split_batch(args, batch_size):
-            structure = inspect_structure(model, guide, *batch_args, data_plate=data_plate)
-            num_data = _batch_length(batch_args)
-            step = chunk_size or max(1, DEFAULT_PAIRS_PER_CHUNK // max(1, num_data))
-            step = min(step, num_samples)
-            rows = []
-            try:
-                for start in range(0, num_samples, step):
-                    k = min(step, num_samples - start)
-                    rows.append(_chunk_log_weights(model, guide, batch_args, k, structure))
-            except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not _is_out_of_memory(error):
-                    raise
-                smaller = max(1, step // 4)
-                raise EstimatorMemoryError(
-                    f"out of memory evaluating {step} particles x {num_data} datapoints at once; "
-                    f"use chunk_size={smaller} (--chunk-size {smaller}) or a smaller batch_size"
-                ) from None
-            columns.append(torch.cat(rows, dim=0))
-    return torch.cat(columns, dim=1)
+    return log_weight_terms(
+        model,
+        guide,
+        *args,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        data_plate=data_plate,
+    ).log_weights
 
 
 def _batch_length(args: tuple) -> int:
@@ -214,6 +278,21 @@ def elbo_from_log_weights(log_w: torch.Tensor) -> torch.Tensor:
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     """log((1/K) sum_k w_k) = logsumexp(log w) - log K per datapoint, shape ``(B,)``."""
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def block_log_mean_exp(log_w: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """IS estimates with ``num_samples`` particles from disjoint blocks of ``log_w``, ``(num_blocks, B)``.
+
+    K_max particles give floor(K_max / k) independent estimates of log p-hat_k; their mean is a
+    lower-variance estimate of E[log p-hat_k], the IWAE bound at k, from the same draws that
+    give the estimate at K_max.
+    """
+    total = log_w.shape[0]
+    if not 1 <= num_samples <= total:
+        raise ValueError(f"num_samples must be between 1 and {total}, got {num_samples}")
+    num_blocks = total // num_samples
+    blocks = log_w[: num_blocks * num_samples].reshape(num_blocks, num_samples, *log_w.shape[1:])
+    return torch.logsumexp(blocks, dim=1) - math.log(num_samples)
 
 
 def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
@@ -248,3 +327,77 @@ def elbo(model: Callable, guide: Callable, *args, num_samples: int = 1, **option
 def log_likelihood(model: Callable, guide: Callable, *args, num_samples: int, **options) -> torch.Tensor:
     """Per-datapoint importance-sampled log p(x) (the IWAE bound with K particles), ``(B,)``."""
     return log_mean_exp(log_weights(model, guide, *args, num_samples=num_samples, **options))
+
+
+#: Pareto k-hat above which an importance-sampling estimate is unreliable (Vehtari et al., 2024).
+KHAT_THRESHOLD = 0.7
+
+
+def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
+    r"""PSIS Pareto shape k-hat of the importance weights of every datapoint, ``(B,)``.
+
+    Fits a generalized Pareto distribution to the largest weights (Vehtari, Simpson, Gelman, Yao
+    & Gabry, 2024, *Pareto smoothed importance sampling*, JMLR 25(72)) through ``arviz.psislw``,
+    which takes **log-weights** (not their negatives: LOO passes -log-likelihood because its
+    weights are 1/p). k-hat < 0.5: the weights have finite variance and the estimate converges
+    well; k-hat > :data:`KHAT_THRESHOLD`: the estimate is unreliable even for large K.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arviz 0.x announces its 1.x refactor
+        import arviz
+
+    log_w64 = log_w.detach().to(torch.float64).cpu().T.contiguous().numpy()  # (B, K): samples last
+    with warnings.catch_warnings():
+        # arviz warns when k-hat is large or the tail is short; the caller flags those datapoints.
+        warnings.simplefilter("ignore", UserWarning)
+        _, khat = arviz.psislw(log_w64)
+    return torch.as_tensor(khat, dtype=log_w.dtype)
+
+
+@dataclass(frozen=True)
+class ImportanceSamplingSummary:
+    """Per-datapoint estimates from one ``(K, B)`` matrix of log-weights; every field is ``(B,)``.
+
+    Attributes
+    ----------
+    elbo : mean of log w over the K particles.
+    log_likelihood : log p-hat(x) = logsumexp(log w) - log K.
+    log_likelihood_se : Monte Carlo standard error of log p-hat (delta method).
+    ess : Kish effective sample size 1 / sum w-bar^2.
+    khat : PSIS Pareto k-hat (NaN where not computed).
+    distortion : -mean log p(x | z), when the terms are known (else NaN).
+    rate : mean [log q(z | x) - log p(z)], an estimate of KL(Q(z|X) || P(z)) (else NaN).
+    """
+
+    elbo: torch.Tensor
+    log_likelihood: torch.Tensor
+    log_likelihood_se: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    distortion: torch.Tensor
+    rate: torch.Tensor
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """log p-hat(x) - ELBO: the estimate of KL(Q(z|X) || P(z|X)) of Eq. 5."""
+        return self.log_likelihood - self.elbo
+
+
+def summarize_log_weights(
+    log_w: torch.Tensor | LogWeightTerms, *, compute_khat: bool = True
+) -> ImportanceSamplingSummary:
+    """All per-datapoint estimates of :class:`ImportanceSamplingSummary` from one set of weights."""
+    terms = log_w if isinstance(log_w, LogWeightTerms) else None
+    log_w = terms.log_weights if terms is not None else log_w
+    nan = torch.full(log_w.shape[1:], float("nan"), dtype=log_w.dtype, device=log_w.device)
+    return ImportanceSamplingSummary(
+        elbo=elbo_from_log_weights(log_w),
+        log_likelihood=log_mean_exp(log_w),
+        log_likelihood_se=log_mean_exp_standard_error(log_w),
+        ess=effective_sample_size(log_w),
+        khat=pareto_khat(log_w).to(log_w.device) if compute_khat and log_w.shape[0] > 1 else nan,
+        distortion=-terms.observed.mean(0) if terms is not None else nan,
+        rate=(terms.guide - terms.latent).mean(0) if terms is not None else nan,
+    )

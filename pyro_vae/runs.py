@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,8 @@ from .builders import RunConfig, build_objective, build_vae
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from .data import binarize, fixed_binarization, load_mnist
 from .errors import CheckpointError, ConfigError
+from .estimators import ImportanceSamplingSummary
+from .evaluation import evaluate_importance_sampling, split_report
 from .plotting import save_elbo_curves, save_image_grid
 from .train import TrainHistory, seed_everything, train
 from .vae import VAE
@@ -37,18 +40,30 @@ def load_vae_data(config: RunConfig, *, data_dir=None, device: torch.device | st
     likelihood's support before any training starts.
     """
     train_split = load_mnist("train", data_dir, subset=config.train.subset, device=device)
-    valid_split = load_mnist("valid", data_dir, device=device)
     likelihood = build_vae(config.model).likelihood
+    (valid_images,) = load_eval_data(config, "valid", data_dir=data_dir, device=device)
     if likelihood.binary_data:
-        valid_images = fixed_binarization(valid_split.images, config.train.eval_seed)
         batch_transform = _dynamic_binarization
         likelihood.check_data(binarize(train_split.images[:100]))
     else:
-        valid_images = valid_split.images
         batch_transform = None
         likelihood.check_data(train_split.images)
     likelihood.check_data(valid_images)
     return (train_split.images,), (valid_images,), batch_transform
+
+
+def load_eval_data(
+    config: RunConfig, split: str, *, subset: int | None = None, data_dir=None, device="cpu"
+) -> tuple[torch.Tensor]:
+    """The images a run is scored on: a fixed seeded binarization for binary likelihoods, else grayscale.
+
+    The binarization seed is the run's ``eval_seed``, so every evaluation of every model with the
+    same seed sees the same binary digits.
+    """
+    images = load_mnist(split, data_dir, subset=subset, device=device).images
+    if build_vae(config.model).likelihood.binary_data:
+        images = fixed_binarization(images, config.train.eval_seed)
+    return (images,)
 
 
 def _dynamic_binarization(x: torch.Tensor) -> tuple[torch.Tensor]:
@@ -169,3 +184,43 @@ def save_sample_grid(
         torch.manual_seed(seed)
         images = vae.sample_images(num_images)
     save_image_grid(path, images, num_columns=10, title="f(z), z ~ N(0, I)")
+
+
+def evaluate_vae_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int = 5000,
+    split: str = "test",
+    subset: int | None = None,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    compute_khat: bool = True,
+    data_dir=None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict, ImportanceSamplingSummary]:
+    """Importance-sampling evaluation of a VAE run folder: the ``eval.json`` report and per-image values.
+
+    Particles are seeded with the run's ``eval_seed``, so repeated evaluations agree exactly.
+    """
+    config, vae = load_vae_run(run_dir, device=device)
+    data = load_eval_data(config, split, subset=subset, data_dir=data_dir, device=device)
+    seed_everything(config.train.eval_seed)
+    started = time.perf_counter()
+    summary = evaluate_importance_sampling(
+        vae,
+        data,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        compute_khat=compute_khat,
+        progress=progress,
+    )
+    report = split_report(summary, num_samples=num_samples)
+    report.update(
+        split=split,
+        eval_seed=config.train.eval_seed,
+        seconds=time.perf_counter() - started,
+        device=str(device),
+    )
+    return report, summary

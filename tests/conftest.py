@@ -34,3 +34,18 @@ def small_valid_binary() -> torch.Tensor:
 def cuda_only(test):
     """Mark a test as needing CUDA and skip it where there is none."""
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(tmp_path_factory):
+    """A VAE run folder (z_dim 4, one hidden layer of 64, 1,000 images, 2 epochs) for the studies."""
+    from pyro_vae import RunConfig, TrainConfig, VAEConfig
+    from pyro_vae.runs import train_vae_run
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = RunConfig(
+        model=VAEConfig(z_dim=4, hidden_sizes=(64,)), train=TrainConfig(epochs=2, subset=1000, lr=3e-3)
+    )
+    train_vae_run(config, out, device="cpu", progress=False, log=None)
+    pyro.clear_param_store()
+    return out

@@ -1,0 +1,40 @@
+"""The project's promises about itself: every study is tested, CI runs the README's command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT_MODULES = {"__init__", "common"}
+
+
+def test_every_study_has_a_test():
+    studies = {p.stem for p in (ROOT / "analysis").glob("*.py")} - SUPPORT_MODULES
+    test_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    untested = sorted(s for s in studies if not re.search(rf"\b{s}\.main\(", test_text))
+    assert not untested, f"studies without a smoke test calling <study>.main(...): {untested}"
+
+
+def test_every_study_is_a_runnable_module_with_a_docstring():
+    for path in (ROOT / "analysis").glob("*.py"):
+        if path.stem in SUPPORT_MODULES:
+            continue
+        text = path.read_text()
+        assert text.lstrip().startswith(('"""', 'r"""')), f"{path.name}: module docstring"
+        assert 'if __name__ == "__main__":' in text, f"{path.name}: python -m analysis.{path.stem}"
+
+
+def readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", quick_start, flags=re.S)
+
+
+def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    main_job, test_command = commands
+    assert "pyro-vae train vae" in main_job and "pytest" in test_command
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command.strip() in ci
