@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from .distributions import FactorizedBernoulli
 from .errors import DataError
 
 
@@ -58,7 +59,8 @@ class BernoulliLikelihood(Likelihood):
     support = constraints.boolean
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=logits).to_event(1)
+        # = dist.Bernoulli(logits=logits).to_event(1), with a fused log-density (about 2x faster)
+        return FactorizedBernoulli(logits)
 
     def _data_hint(self) -> str:
         return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -152,3 +153,22 @@ def test_sample_images_and_reconstructions_are_intensities():
     assert images.shape == (6, 784) and float(images.min()) >= 0 and float(images.max()) <= 1
     assert vae.reconstruct(torch.rand(2, 784)).shape == (2, 784)
     assert pyro.get_param_store().keys() == set()  # figure helpers leave Pyro's store alone
+
+
+def test_factorized_bernoulli_equals_independent_bernoullis():
+    from pyro_vae.distributions import FactorizedBernoulli
+
+    logits = torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.bernoulli(torch.full((3, 7), 0.5, dtype=torch.float64))
+    fused, reference = FactorizedBernoulli(logits), dist.Bernoulli(logits=logits).to_event(1)
+    assert fused.batch_shape == reference.batch_shape and fused.event_shape == reference.event_shape
+    assert torch.allclose(fused.log_prob(x), reference.log_prob(x), atol=1e-12)
+    (g_fused,) = torch.autograd.grad(fused.log_prob(x).sum(), logits)
+    (g_reference,) = torch.autograd.grad(reference.log_prob(x).sum(), logits)
+    assert torch.allclose(g_fused, g_reference, atol=1e-12)
+    assert torch.allclose(fused.entropy(), reference.entropy(), atol=1e-12)
+    assert torch.allclose(fused.mean, torch.sigmoid(logits))
+    expanded = FactorizedBernoulli(logits.detach()[0]).expand((4, 3))
+    assert expanded.batch_shape == (4, 3) and expanded.sample().shape == (4, 3, 7)
+    draws = FactorizedBernoulli(torch.zeros(20_000, 7)).sample()
+    assert abs(float(draws.mean()) - 0.5) < 4 * 0.5 / (20_000 * 7) ** 0.5
