@@ -1,8 +1,9 @@
 """The edge where names become modules: configurations, registries and model construction.
 
-Model code never compares likelihood or prior names; the command line and checkpoints store a
-:class:`VAEConfig` and this module turns it into networks. To make a new likelihood available by
-name, add a factory to :data:`LIKELIHOODS`; code that builds models directly needs no registry.
+Model code never compares likelihood, prior or model names; the command line and checkpoints
+store a :class:`RunConfig` and this module turns it into networks. To make a new likelihood
+available by name, add a factory to :data:`LIKELIHOODS`; code that builds models directly needs
+no registry.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import pyro.infer
+from torch import nn
 
-from .data import NUM_PIXELS
+from .cvae import (
+    CVAE,
+    ConditionalDecoder,
+    ConditionalEncoder,
+    ConditionNet,
+    LearnedConditionalPrior,
+    Regressor,
+)
+from .data import IMAGE_SIDE, MIDDLE_COLUMN, NUM_PIXELS
 from .errors import ConfigError
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from .nets import Decoder, GaussianEncoder
@@ -24,10 +34,37 @@ from .vae import VAE
 DEFAULT_HIDDEN_SIZES = (1000, 500, 250)
 DEFAULT_Z_DIM = 30
 DEFAULT_SIGMA = 0.1
+#: The CVAE's conditioning network h(X): 28 column pixels -> 500 -> 250 features.
+DEFAULT_CONDITION_SIZES = (500,)
+DEFAULT_CONDITION_DIM = 250
+
+
+class _Config:
+    """Shared dict round trip of the frozen configuration dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _check_sizes(name: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    sizes = tuple(int(s) for s in sizes)
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"{name} must be >= 1, got {list(sizes)}")
+    return sizes
+
+
+def _check_choice(kind: str, name: str, registry: dict) -> None:
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(registry)}")
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(_Config):
     """Sizes and choices that define a VAE; stored in ``config.json`` and in checkpoints.
 
     The decoder mirrors the encoder: ``z_dim -> reversed(hidden_sizes) -> x_dim``.
@@ -40,33 +77,65 @@ class VAEConfig:
     x_dim: int = NUM_PIXELS
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(self, "hidden_sizes", _check_sizes("hidden sizes", self.hidden_sizes))
         if self.z_dim < 1:
             raise ConfigError(f"z_dim must be >= 1, got {self.z_dim}")
-        if any(h < 1 for h in self.hidden_sizes):
-            raise ConfigError(f"hidden sizes must be >= 1, got {list(self.hidden_sizes)}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"unknown likelihood {self.likelihood!r}; available: {', '.join(LIKELIHOODS)}")
+        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         if not self.sigma > 0:
             raise ConfigError(f"sigma must be positive, got {self.sigma}")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["hidden_sizes"] = list(self.hidden_sizes)
-        return out
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> VAEConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+@dataclass(frozen=True)
+class CVAEConfig(_Config):
+    """Sizes and choices of the digit-completion CVAE and of its regressor baseline (section 5).
+
+    X is image column ``column`` (28 pixels), Y the other 27 columns (756 pixels). The encoder
+    Q(z|Y, X) reads [X, Y] through ``hidden_sizes``; the decoder reads [z, h(X)] through the mirrored
+    sizes; h(X) = ReLU(MLP(X)) with ``condition_sizes`` hidden layers and ``condition_dim`` outputs.
+    The regressor uses h(X) and the decoder layers without z.
+    """
+
+    z_dim: int = DEFAULT_Z_DIM
+    hidden_sizes: tuple[int, ...] = DEFAULT_HIDDEN_SIZES
+    condition_sizes: tuple[int, ...] = DEFAULT_CONDITION_SIZES
+    condition_dim: int = DEFAULT_CONDITION_DIM
+    column: int = MIDDLE_COLUMN
+    prior: str = "standard"
+    likelihood: str = "bernoulli"
+    sigma: float = DEFAULT_SIGMA
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_sizes", _check_sizes("hidden sizes", self.hidden_sizes))
+        object.__setattr__(self, "condition_sizes", _check_sizes("condition sizes", self.condition_sizes))
+        if self.z_dim < 1 or self.condition_dim < 1:
+            raise ConfigError(f"z_dim and condition_dim must be >= 1, got {self.z_dim}, {self.condition_dim}")
+        if not 0 <= self.column < IMAGE_SIDE:
+            raise ConfigError(f"column index {self.column} is out of range; choose 0..{IMAGE_SIDE - 1}")
+        _check_choice("prior", self.prior, CONDITIONAL_PRIORS)
+        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        if not self.sigma > 0:
+            raise ConfigError(f"sigma must be positive, got {self.sigma}")
+
+    @property
+    def x_dim(self) -> int:
+        return IMAGE_SIDE
+
+    @property
+    def y_dim(self) -> int:
+        return NUM_PIXELS - IMAGE_SIDE
 
 
-#: likelihood name -> factory taking the config. The CLI's ``--likelihood`` choices.
-LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
+#: likelihood name -> factory taking the model config. The CLI's ``--likelihood`` choices.
+LIKELIHOODS: dict[str, Callable[[Any], Likelihood]] = {
     "bernoulli": lambda config: BernoulliLikelihood(),
     "gaussian": lambda config: GaussianLikelihood(config.sigma),
 }
 
+#: CVAE prior name -> factory: the tutorial's N(0, I), or Sohn et al.'s learned P(z|X).
+CONDITIONAL_PRIORS: dict[str, Callable[[CVAEConfig], nn.Module]] = {
+    "standard": lambda config: StandardNormalPrior(config.z_dim),
+    "conditional": lambda config: LearnedConditionalPrior(config.condition_dim, config.z_dim),
+}
 
 #: objective name -> ELBO class. ``trace`` (the default) is the tutorial's one-sample estimator;
 #: ``meanfield`` uses the closed-form KL of Eq. 7 where the prior and guide allow it; the ``jit-``
@@ -81,8 +150,7 @@ OBJECTIVES: dict[str, type[pyro.infer.ELBO]] = {
 
 def build_objective(name: str) -> pyro.infer.ELBO:
     """The ELBO object for an objective name (see :data:`OBJECTIVES`)."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; available: {', '.join(OBJECTIVES)}")
+    _check_choice("objective", name, OBJECTIVES)
     if name.startswith("jit-"):
         # Tracing emits TracerWarnings for Pyro's shape checks, which are expected here.
         return OBJECTIVES[name](ignore_jit_warnings=True)
@@ -98,9 +166,36 @@ def build_vae(config: VAEConfig, *, name: str = "vae") -> VAE:
     return VAE(encoder, decoder, prior, name=name)
 
 
+def build_cvae(config: CVAEConfig, *, name: str = "cvae") -> CVAE:
+    """The tutorial's CVAE for completing a digit from one column (section 5)."""
+    likelihood = LIKELIHOODS[config.likelihood](config)
+    condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
+    encoder = ConditionalEncoder(config.x_dim, config.y_dim, config.hidden_sizes, config.z_dim)
+    decoder = ConditionalDecoder(
+        config.z_dim, config.condition_dim, tuple(reversed(config.hidden_sizes)), config.y_dim, likelihood
+    )
+    return CVAE(encoder, decoder, CONDITIONAL_PRIORS[config.prior](config), condition_net, name=name)
+
+
+def build_regressor(config: CVAEConfig, *, name: str = "regressor") -> Regressor:
+    """The regressor baseline: the CVAE's conditioning network and decoder layers, without z."""
+    likelihood = LIKELIHOODS[config.likelihood](config)
+    condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
+    decoder = Decoder(config.condition_dim, tuple(reversed(config.hidden_sizes)), config.y_dim, likelihood)
+    return Regressor(condition_net, decoder, name=name)
+
+
+#: run kind -> (model configuration class, builder). ``RunConfig.kind`` picks one.
+MODEL_KINDS: dict[str, tuple[type, Callable[..., nn.Module]]] = {
+    "vae": (VAEConfig, build_vae),
+    "cvae": (CVAEConfig, build_cvae),
+    "regressor": (CVAEConfig, build_regressor),
+}
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimization settings of a run; stored beside :class:`VAEConfig`."""
+class TrainConfig(_Config):
+    """Optimization settings of a run; stored beside the model configuration."""
 
     epochs: int = 10
     batch_size: int = 100
@@ -110,22 +205,22 @@ class TrainConfig:
     subset: int | None = None
     eval_seed: int = 1234
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything needed to rebuild and continue a run: model, training and data settings."""
+    """Everything needed to rebuild and continue a run: model kind and settings, training settings."""
 
     kind: str = "vae"
-    model: VAEConfig = field(default_factory=VAEConfig)
+    model: Any = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check_choice("model kind", self.kind, MODEL_KINDS)
+        expected = MODEL_KINDS[self.kind][0]
+        if not isinstance(self.model, expected):
+            raise ConfigError(
+                f"a {self.kind!r} run needs a {expected.__name__}, got {type(self.model).__name__}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model.to_dict(), "train": self.train.to_dict()}
@@ -133,10 +228,14 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         try:
-            return cls(
-                kind=values["kind"],
-                model=VAEConfig.from_dict(values["model"]),
-                train=TrainConfig.from_dict(values["train"]),
-            )
+            kind = values["kind"]
+            _check_choice("model kind", kind, MODEL_KINDS)
+            model = MODEL_KINDS[kind][0].from_dict(values["model"])
+            return cls(kind=kind, model=model, train=TrainConfig.from_dict(values["train"]))
         except (KeyError, TypeError) as error:
             raise ConfigError(f"run configuration is incomplete or malformed ({error})") from None
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """The (freshly initialized) model of a run configuration."""
+    return MODEL_KINDS[config.kind][1](config.model)

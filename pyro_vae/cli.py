@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train vae ...``, ``pyro-vae sample RUN_DIR ...``.
+"""Command line: ``pyro-vae train {vae,cvae,regressor}``, ``sample``, ``evaluate``, ``complete``.
 
 argparse lives here and only here; library functions take explicit keyword arguments. Errors the
 user can fix (:class:`~pyro_vae.errors.PyroVAEError`) are printed as one argparse-style line with
@@ -13,11 +13,27 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .builders import LIKELIHOODS, OBJECTIVES, RunConfig, TrainConfig, VAEConfig
+from .builders import CONDITIONAL_PRIORS, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, RunConfig, TrainConfig
 from .checkpoint import CHECKPOINT_NAME
+from .data import IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
 
 PROG = "pyro-vae"
+
+#: Per model kind: configuration field -> the argparse destination of its flag.
+MODEL_FLAGS = {
+    "vae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "likelihood": "likelihood", "sigma": "sigma"},
+    "cvae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "column": "column", "prior": "prior"},
+    "regressor": {"hidden_sizes": "hidden", "column": "column"},
+}
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "objective", "subset")
+DESCRIPTIONS = {
+    "vae": "Train a VAE (tutorial section 4.1) on MNIST with SVI.",
+    "cvae": "Train the CVAE of sections 3 and 5: complete a digit (the other 27 columns, Y) from its "
+    "stochastically binarized middle column (X), with SVI.",
+    "regressor": "Train the regressor baseline of section 5: the CVAE's networks without z, by maximum "
+    "likelihood (SVI with an empty guide) on the same task.",
+}
 
 
 def _positive_int(text: str) -> int:
@@ -41,6 +57,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _column_index(text: str) -> int:
+    value = _parse(int, text, "an integer")
+    if not 0 <= value < IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"column index {value} is out of range; choose 0..{IMAGE_SIDE - 1}")
+    return value
+
+
 def _parse(kind, text: str, what: str):
     try:
         return kind(text)
@@ -48,18 +71,18 @@ def _parse(kind, text: str, what: str):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
-def _add_train_vae_parser(subparsers) -> None:
+def _add_train_parser(subparsers, kind: str) -> None:
     p = subparsers.add_parser(
-        "vae",
-        help="train a VAE on MNIST",
-        description="Train a VAE (tutorial section 4.1) on MNIST with SVI and write a run folder: "
-        "config.json, checkpoint.pt, metrics.json, samples.png, reconstructions.png, elbo.png.",
-    )
+        kind, help=DESCRIPTIONS[kind].split(":")[0].rstrip("."),
+        description=DESCRIPTIONS[kind] + " Writes a run folder: config.json, checkpoint.pt, metrics.json, "
+        "samples.png, reconstructions.png, elbo.png.",
+    )  # fmt: skip
     # Model and training flags default to None so that --resume can tell given flags from
-    # defaults; the defaults themselves live in VAEConfig / TrainConfig.
+    # defaults; the defaults themselves live in the configuration dataclasses.
     p.add_argument("--epochs", type=_non_negative_int, help=f"total epochs (default {TrainConfig.epochs})")
     p.add_argument("--batch-size", type=_positive_int, help=f"default {TrainConfig.batch_size}")
-    p.add_argument("--z-dim", type=_positive_int, help=f"latent dimensions (default {VAEConfig.z_dim})")
+    if "z_dim" in MODEL_FLAGS[kind]:
+        p.add_argument("--z-dim", type=_positive_int, help="latent dimensions (default 30)")
     p.add_argument(
         "--hidden",
         type=_positive_int,
@@ -67,17 +90,31 @@ def _add_train_vae_parser(subparsers) -> None:
         metavar="H",
         help="encoder hidden sizes; the decoder mirrors them (default 1000 500 250)",
     )
-    p.add_argument(
-        "--likelihood",
-        choices=sorted(LIKELIHOODS),
-        help="bernoulli: dynamically binarized pixels (default); gaussian: N(f(z), sigma^2 I) "
-        "on grayscale intensities",
-    )
-    p.add_argument(
-        "--sigma",
-        type=_positive_float,
-        help=f"standard deviation of the gaussian likelihood (default {VAEConfig.sigma})",
-    )
+    if "likelihood" in MODEL_FLAGS[kind]:
+        p.add_argument(
+            "--likelihood",
+            choices=sorted(LIKELIHOODS),
+            help="bernoulli: dynamically binarized pixels (default); gaussian: N(f(z), sigma^2 I) "
+            "on grayscale intensities",
+        )
+        p.add_argument(
+            "--sigma",
+            type=_positive_float,
+            help="standard deviation of the gaussian likelihood (default 0.1)",
+        )
+    if "column" in MODEL_FLAGS[kind]:
+        p.add_argument(
+            "--column",
+            type=_column_index,
+            help=f"the input column X, 0..{IMAGE_SIDE - 1} (default {MIDDLE_COLUMN})",
+        )
+    if "prior" in MODEL_FLAGS[kind]:
+        p.add_argument(
+            "--prior",
+            choices=list(CONDITIONAL_PRIORS),
+            help="standard: P(z|X) = N(0, I) as in the tutorial (default); conditional: "
+            "a learned P(z|X) (Sohn et al., 2015)",
+        )
     p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
     p.add_argument(
         "--objective",
@@ -86,20 +123,29 @@ def _add_train_vae_parser(subparsers) -> None:
     )
     p.add_argument("--subset", type=_positive_int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, help=f"default {TrainConfig.seed}")
-    _add_common_run_flags(p)
-    p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder (default runs/vae)")
+    _add_device_and_data_flags(p)
+    p.add_argument("--out", type=Path, default=Path(f"runs/{kind}"), help=f"run folder (default runs/{kind})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_train_vae)
+    p.set_defaults(handler=_cmd_train)
 
 
-def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_device_and_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
         help="folder holding MNIST/raw/*.gz (default: the repository's data/)",
+    )
+
+
+def _add_weights_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        choices=["best", "last"],
+        default="best",
+        help="best: the epoch with the highest validation ELBO (default); last: the final epoch",
     )
 
 
@@ -114,17 +160,17 @@ def _add_sample_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    _add_weights_flag(p)
     p.set_defaults(handler=_cmd_sample)
 
 
 def _add_evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate",
-        help="importance-sampled log p(x) and ELBO of a trained model",
-        description="Estimate the per-image ELBO and log p(x) (IWAE bound with K particles) on a split, with "
-        "Monte Carlo standard errors, effective sample sizes and PSIS k-hat; print them and write "
-        "RUN_DIR/eval.json.",
-    )
+        "evaluate", help="importance-sampled log p(x) and ELBO of a trained model",
+        description="Estimate the per-datapoint ELBO and log p(x) (log p(y|x) for the CVAE and the "
+        "regressor; the IWAE bound with K particles) on a split, with Monte Carlo standard errors, "
+        "effective sample sizes and PSIS k-hat; print them and write RUN_DIR/eval.json.",
+    )  # fmt: skip
     p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train'")
     p.add_argument(
         "--num-samples", "-k", type=_positive_int, default=5000, help="K particles per image (default 5000)"
@@ -141,8 +187,29 @@ def _add_evaluate_parser(subparsers) -> None:
     p.add_argument("--no-khat", action="store_true", help="skip the PSIS k-hat fit")
     p.add_argument("--out", type=Path, help="JSON file (default RUN_DIR/eval.json)")
     p.add_argument("--no-progress", action="store_true")
-    _add_common_run_flags(p)
+    _add_weights_flag(p)
+    _add_device_and_data_flags(p)
     p.set_defaults(handler=_cmd_evaluate)
+
+
+def _add_complete_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "complete", help="complete test digits from their middle column with a CVAE or regressor run",
+        description="Draw completions Y ~ P(Y|X) of test digits from their binarized column X (the "
+        "tutorial's Fig. 8): rows of samples (CVAE) or the prediction (regressor), and the ground truth.",
+    )  # fmt: skip
+    p.add_argument(
+        "run_dir", type=Path, help="a run folder written by 'pyro-vae train cvae' or 'train regressor'"
+    )
+    p.add_argument(
+        "--num-samples", "-s", type=_positive_int, default=5, help="completions per digit (default 5)"
+    )
+    p.add_argument("--num-digits", type=_positive_int, default=10, help="test digits (default 10)")
+    p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/completions.png)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_weights_flag(p)
+    _add_device_and_data_flags(p)
+    p.set_defaults(handler=_cmd_complete)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,29 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a model", description="Train a model into a run folder.")
     models = train.add_subparsers(dest="model_kind", required=True, metavar="MODEL")
-    _add_train_vae_parser(models)
+    for kind in MODEL_FLAGS:
+        _add_train_parser(models, kind)
     _add_sample_parser(commands)
     _add_evaluate_parser(commands)
+    _add_complete_parser(commands)
     return parser
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
-    model_values = {
-        "z_dim": args.z_dim,
-        "hidden_sizes": args.hidden,
-        "likelihood": args.likelihood,
-        "sigma": args.sigma,
+    kind = args.model_kind
+    given_model = {
+        f: getattr(args, dest) for f, dest in MODEL_FLAGS[kind].items() if getattr(args, dest) is not None
     }
-    train_values = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "objective": args.objective,
-        "subset": args.subset,
-    }
-    given_model = {k: v for k, v in model_values.items() if v is not None}
-    given_train = {k: v for k, v in train_values.items() if v is not None}
+    given_train = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.resume:
         from .runs import read_run_config
 
@@ -181,19 +239,24 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
                 f"cannot resume: {args.out / CHECKPOINT_NAME} does not exist; train without --resume first"
             )
         saved = read_run_config(args.out)
-        _check_unchanged(saved.model, given_model, args.out)
-        _check_unchanged(saved.train, {k: v for k, v in given_train.items() if k != "epochs"}, args.out)
+        if saved.kind != kind:
+            raise ConfigError(
+                f"{args.out} holds a {saved.kind!r} run; resume it with 'pyro-vae train {saved.kind}'"
+            )
+        _check_unchanged(saved.model, given_model, MODEL_FLAGS[kind], args.out)
+        _check_unchanged(saved.train, {k: v for k, v in given_train.items() if k != "epochs"}, {}, args.out)
         return replace(
             saved, train=replace(saved.train, epochs=given_train.get("epochs", saved.train.epochs))
         )
-    return RunConfig(kind="vae", model=VAEConfig(**given_model), train=TrainConfig(**given_train))
+    model_config = MODEL_KINDS[kind][0](**given_model)
+    return RunConfig(kind=kind, model=model_config, train=TrainConfig(**given_train))
 
 
-def _check_unchanged(saved, given: dict, run_dir: Path) -> None:
+def _check_unchanged(saved, given: dict, destinations: dict, run_dir: Path) -> None:
     for name, value in given.items():
         old = getattr(saved, name)
         if (tuple(value) if isinstance(value, list) else value) != old:
-            flag = "--" + ("hidden" if name == "hidden_sizes" else name.replace("_", "-"))
+            flag = "--" + destinations.get(name, name).replace("_", "-")
             shown = " ".join(map(str, old)) if isinstance(old, tuple) else old
             raise ConfigError(
                 f"the run in {run_dir} was trained with {flag} {shown}; drop {flag} to resume it, "
@@ -201,19 +264,20 @@ def _check_unchanged(saved, given: dict, run_dir: Path) -> None:
             )
 
 
-def _cmd_train_vae(args: argparse.Namespace) -> int:
-    from .runs import train_vae_run
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runs import train_run
     from .train import resolve_device
 
     config = _config_from_args(args)
     device = resolve_device(args.device)
+    values = config.model.to_dict()
+    settings = " ".join(f"{name}={values[name]}" for name in MODEL_FLAGS[config.kind])
     print(
-        f"training a VAE on {device} into {args.out}: z_dim={config.model.z_dim} "
-        f"hidden={list(config.model.hidden_sizes)} likelihood={config.model.likelihood} "
-        f"epochs={config.train.epochs} batch={config.train.batch_size}",
+        f"training a {config.kind} on {device} into {args.out}: {settings} epochs={config.train.epochs} "
+        f"batch={config.train.batch_size}",
         flush=True,
     )
-    _, history = train_vae_run(
+    _, history = train_run(
         config,
         args.out,
         data_dir=args.data_dir,
@@ -222,7 +286,10 @@ def _cmd_train_vae(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if history.epochs:
-        print(f"final validation ELBO {history.valid_elbo[-1]:.2f} nats/image; outputs in {args.out}")
+        print(
+            f"final validation ELBO {history.valid_elbo[-1]:.2f} nats/image "
+            f"(best {max(history.valid_elbo):.2f} at epoch {history.best_epoch}); outputs in {args.out}"
+        )
     return 0
 
 
@@ -230,7 +297,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .runs import load_vae_run, save_sample_grid
     from .train import resolve_device
 
-    _, vae = load_vae_run(args.run_dir, device=resolve_device(args.device))
+    _, vae = load_vae_run(args.run_dir, device=resolve_device(args.device), weights=args.weights)
     out = args.out or args.run_dir / "samples.png"
     save_sample_grid(vae, out, num_images=args.num, seed=args.seed)
     print(f"wrote {args.num} samples to {out}")
@@ -239,33 +306,51 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write_json
-    from .runs import evaluate_vae_run
+    from .runs import evaluate_run
     from .train import resolve_device
 
-    report, _ = evaluate_vae_run(
-        args.run_dir,
-        num_samples=args.num_samples,
-        split=args.split,
-        subset=args.subset,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        compute_khat=not args.no_khat,
-        data_dir=args.data_dir,
-        device=resolve_device(args.device),
+    report, _ = evaluate_run(
+        args.run_dir, num_samples=args.num_samples, split=args.split, subset=args.subset,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, compute_khat=not args.no_khat,
+        weights=args.weights, data_dir=args.data_dir, device=resolve_device(args.device),
         progress=not args.no_progress,
-    )
+    )  # fmt: skip
     out = args.out or args.run_dir / "eval.json"
     atomic_write_json(out, report)
     r = report
     print(
-        f"{r['split']} split, {r['num_images']} images, K={r['num_samples']}:\n"
-        f"  log p(x) >= {r['log_likelihood']:.2f} nats/image (Monte Carlo se {r['log_likelihood_se']:.3f}, "
+        f"{r['kind']} run, {r['split']} split, {r['num_images']} images, K={r['num_samples']}:\n"
+        f"  log p >= {r['log_likelihood']:.2f} nats/image (Monte Carlo se {r['log_likelihood_se']:.3f}, "
         f"se over images {r['log_likelihood_se_images']:.2f})\n"
-        f"  ELBO        {r['elbo']:.2f} nats/image; gap = KL(Q(z|X) || P(z|X)) ~ {r['gap']:.2f}\n"
-        f"  rate KL(Q(z|X) || P(z)) {r['rate']:.2f}, distortion -E log P(X|z) {r['distortion']:.2f}\n"
+        f"  ELBO     {r['elbo']:.2f} nats/image; gap = KL(Q || true posterior) ~ {r['gap']:.2f}\n"
+        f"  rate KL(Q || prior) {r['rate']:.2f}, distortion -E_Q log-likelihood {r['distortion']:.2f}\n"
         f"  ESS/K {r['ess_fraction']:.3f}; k-hat > 0.7 for {100 * r['khat_over_0_7']:.1f}% of images\n"
         f"wrote {out}"
     )
+    return 0
+
+
+def _cmd_complete(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plotting import save_completion_figure
+    from .runs import TASKS, load_eval_data, load_run
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    config, model = load_run(args.run_dir, device=device, weights=args.weights, kinds=("cvae", "regressor"))
+    x, y = load_eval_data(config, "test", subset=args.num_digits, data_dir=args.data_dir, device=device)
+    torch.manual_seed(args.seed)
+    rows = TASKS[config.kind].completion_rows(model, x, args.num_samples)
+    out = args.out or args.run_dir / "completions.png"
+    save_completion_figure(
+        out,
+        x,
+        [*rows, ("ground truth", y)],
+        config.model.column,
+        title=f"{config.kind}: test digits completed from column {config.model.column}",
+    )
+    print(f"wrote completions of {x.shape[0]} test digits to {out}")
     return 0
 
 

@@ -294,3 +294,37 @@ def minibatch_indices(
     order = order.to(device)
     for start in range(0, num_items, batch_size):
         yield order[start : start + batch_size]
+
+
+#: The tutorial's CVAE input: "a single column of pixels taken from the middle of the digit".
+MIDDLE_COLUMN = 13
+
+
+def column_mask(column: int = MIDDLE_COLUMN) -> torch.Tensor:
+    """Boolean mask over the ``NUM_PIXELS`` flattened pixels that selects one image column."""
+    if not 0 <= column < IMAGE_SIDE:
+        raise DataError(f"column index {column} is out of range; choose 0..{IMAGE_SIDE - 1}")
+    mask = torch.zeros(IMAGE_SHAPE, dtype=torch.bool)
+    mask[:, column] = True
+    return mask.reshape(NUM_PIXELS)
+
+
+def split_column(images: torch.Tensor, column: int = MIDDLE_COLUMN) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(N, 784)`` images into the column ``(N, 28)`` and the rest ``(N, 756)`` (row-major order).
+
+    This is the CVAE task of the tutorial's section 5: X is the column, Y the other 27 columns.
+    """
+    mask = column_mask(column).to(images.device)
+    return images[:, mask], images[:, ~mask]
+
+
+def merge_column(
+    column_pixels: torch.Tensor, rest: torch.Tensor, column: int = MIDDLE_COLUMN
+) -> torch.Tensor:
+    """Inverse of :func:`split_column`: put a column and the other pixels back into ``(..., 784)`` images."""
+    mask = column_mask(column).to(rest.device)
+    shape = torch.broadcast_shapes(column_pixels.shape[:-1], rest.shape[:-1])
+    images = rest.new_empty(*shape, NUM_PIXELS)
+    images[..., mask] = column_pixels.expand(*shape, column_pixels.shape[-1]).to(rest.dtype)
+    images[..., ~mask] = rest.expand(*shape, rest.shape[-1])
+    return images

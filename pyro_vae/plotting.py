@@ -75,3 +75,58 @@ def save_elbo_curves(
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+
+
+#: Colours of the conditioning column in completion figures (as in the tutorial's Fig. 8).
+COLUMN_ON = (1.0, 0.55, 0.0)  # orange: pixel 1
+COLUMN_OFF = (0.15, 0.35, 1.0)  # blue: pixel 0
+
+
+def completion_images(column_pixels: torch.Tensor, rest: torch.Tensor, column: int) -> np.ndarray:
+    """RGB digits ``(N, 28, 28, 3)``: the completed pixels in gray, the given column in orange/blue."""
+    from .data import merge_column
+
+    gray = merge_column(column_pixels, rest, column).detach().float().cpu().clamp(0, 1)
+    gray = gray.reshape(-1, *IMAGE_SHAPE).numpy()
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    on = column_pixels.detach().float().cpu().numpy() > 0.5  # (N, 28)
+    rgb[:, :, column, :] = np.where(on[..., None], COLUMN_ON, COLUMN_OFF)
+    return rgb
+
+
+def save_completion_figure(
+    path: str | os.PathLike,
+    column_pixels: torch.Tensor,
+    rows: Sequence[tuple[str, torch.Tensor]],
+    column: int,
+    *,
+    title: str | None = None,
+) -> None:
+    """Fig. 8 layout: one digit per column; each row an output (samples, regressor, ground truth).
+
+    ``rows`` holds ``(label, rest)`` pairs with ``rest`` of shape ``(N, 756)`` for the ``N`` inputs
+    ``column_pixels`` ``(N, 28)``; the input column is drawn in colour in every panel.
+    """
+    num_digits = column_pixels.shape[0]
+    fig = Figure(figsize=(0.62 * num_digits + 1.6, 0.66 * len(rows) + (0.4 if title else 0.1)), dpi=110)
+    axes = fig.subplots(len(rows), num_digits, squeeze=False)
+    for r, (label, rest) in enumerate(rows):
+        images = completion_images(column_pixels, rest, column)
+        for c in range(num_digits):
+            ax = axes[r][c]
+            ax.imshow(images[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(
+        left=1.5 / fig.get_figwidth(),
+        right=0.99,
+        wspace=0.05,
+        hspace=0.08,
+        top=0.9 if title else 0.98,
+        bottom=0.02,
+    )
+    fig.savefig(path)

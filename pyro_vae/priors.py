@@ -1,5 +1,8 @@
 """Priors P(z): modules whose ``forward()`` returns a distribution with event shape ``(z_dim,)``.
 
+A conditional model (the CVAE) calls ``prior(h)`` with features ``h`` of its input; priors that do
+not depend on the input accept ``h`` and use only its batch shape.
+
 A prior is a module so that it moves with ``.to(device)``, can hold learnable parameters, and is
 registered by the model with ``pyro.module``; a new prior is a new small module.
 """
@@ -21,8 +24,11 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(z_dim))
         self.register_buffer("scale", torch.ones(z_dim))
 
-    def forward(self) -> dist.Distribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+    def forward(self, context: torch.Tensor | None = None) -> dist.Distribution:
+        """N(0, I) over z. ``context`` (a conditional model's features, ``(B, ...)``) only sets the
+        batch shape: this prior does not depend on it, as in the tutorial's CVAE (section 3)."""
+        prior = dist.Normal(self.loc, self.scale).to_event(1)
+        return prior if context is None else prior.expand(context.shape[:-1])
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}"

@@ -1,8 +1,12 @@
-"""Run folders: train a configured VAE into a folder, reload it, write its figures.
+"""Run folders: train a configured model into a folder, reload it, evaluate it, draw its figures.
 
 A run folder holds ``config.json`` (the :class:`~pyro_vae.builders.RunConfig`), ``checkpoint.pt``,
 ``metrics.json`` and the figures ``samples.png``, ``reconstructions.png`` and ``elbo.png``. These
 functions are what the command line calls; notebooks can call them too.
+
+How MNIST becomes model arguments depends on the run's kind, and is kept in one small *task*
+object per kind (:data:`TASKS`): the VAE scores whole images; the CVAE and the regressor score
+the other 27 columns Y given one column X (tutorial section 5).
 """
 
 from __future__ import annotations
@@ -15,59 +19,142 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .builders import RunConfig, build_objective, build_vae
+from .builders import RunConfig, build_model, build_objective
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
-from .data import binarize, fixed_binarization, load_mnist
+from .data import binarize, fixed_binarization, load_mnist, split_column
 from .errors import CheckpointError, ConfigError
 from .estimators import ImportanceSamplingSummary
 from .evaluation import evaluate_importance_sampling, split_report
-from .plotting import save_elbo_curves, save_image_grid
+from .plotting import save_completion_figure, save_elbo_curves, save_image_grid
 from .train import TrainHistory, seed_everything, train
-from .vae import VAE
 
 CONFIG_NAME = "config.json"
 NUM_FIGURE_SAMPLES = 100
 FIGURE_SEED = 0
+WEIGHTS = ("best", "last")
 
 
-def load_vae_data(config: RunConfig, *, data_dir=None, device: torch.device | str = "cpu"):
-    """Training and validation tensors for a VAE run, and the per-batch transform.
+class ImageTask:
+    """The VAE's data: whole images, binarized for a binary likelihood, grayscale otherwise."""
 
-    For a likelihood of binary data, the training batches are binarized afresh every step
-    (dynamic binarization) and the validation split once, with ``config.train.eval_seed``.
-    Continuous likelihoods see grayscale intensities. The data are checked against the
+    def batch_transform(self, config: RunConfig, likelihood) -> Callable:
+        """Dynamic binarization of every training batch for a binary likelihood."""
+        if not likelihood.binary_data:
+            return lambda x: (x,)
+        return lambda x: (binarize(x),)
+
+    def eval_arguments(
+        self, config: RunConfig, images: torch.Tensor, binary: torch.Tensor, likelihood
+    ) -> tuple:
+        """Fixed arguments from intensities ``images`` and one seeded binarization ``binary``."""
+        return (binary,) if likelihood.binary_data else (images,)
+
+    def write_figures(self, model: nn.Module, config: RunConfig, out_dir: Path, valid_args: tuple) -> None:
+        save_sample_grid(model, out_dir / "samples.png")
+        originals = valid_args[0][:50]
+        # Rows alternate: ten validation images, then their reconstructions f(mu(x)).
+        pairs = torch.stack(
+            [originals.reshape(5, 10, -1), model.reconstruct(originals).reshape(5, 10, -1)], 1
+        )
+        save_image_grid(
+            out_dir / "reconstructions.png",
+            pairs.reshape(100, -1),
+            num_columns=10,
+            title="rows 1,3,5,...: validation images; rows 2,4,6,...: f(mu(x))",
+        )
+
+
+class CompletionTask:
+    """The CVAE's and regressor's data: X = one column (always binarized, resampled every time the
+    digit is seen, as in the tutorial), Y = the other 27 columns (binarized for a binary likelihood)."""
+
+    def __init__(self, num_samples: int, label: str):
+        self.num_samples = num_samples  # completions per digit in the run's figures
+        self.label = label
+
+    def batch_transform(self, config: RunConfig, likelihood) -> Callable:
+        column = config.model.column
+
+        def binarize_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = split_column(images, column)
+            return binarize(x), (binarize(y) if likelihood.binary_data else y)
+
+        return binarize_batch
+
+    def eval_arguments(
+        self, config: RunConfig, images: torch.Tensor, binary: torch.Tensor, likelihood
+    ) -> tuple:
+        x, y_binary = split_column(binary, config.model.column)
+        return x, (y_binary if likelihood.binary_data else split_column(images, config.model.column)[1])
+
+    def completion_rows(
+        self, model: nn.Module, x: torch.Tensor, num_samples: int
+    ) -> list[tuple[str, torch.Tensor]]:
+        """Labelled completions of the inputs ``x``: CVAE samples, or the regressor's one prediction."""
+        num = num_samples if self.num_samples > 1 else 1  # a regressor's outputs are all the same
+        completions = model.complete(x, num)  # (num, B, y_dim)
+        return [(f"{self.label} {s + 1}" if num > 1 else self.label, completions[s]) for s in range(num)]
+
+    def write_figures(self, model: nn.Module, config: RunConfig, out_dir: Path, valid_args: tuple) -> None:
+        x, y = valid_args[0][:10], valid_args[1][:10]
+        column = config.model.column
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(FIGURE_SEED)
+            rows = self.completion_rows(model, x, self.num_samples)
+        save_completion_figure(
+            out_dir / "samples.png",
+            x,
+            [*rows, ("ground truth", y)],
+            column,
+            title=f"{config.kind}: completions of validation digits from column {column}",
+        )
+        save_completion_figure(
+            out_dir / "reconstructions.png",
+            x,
+            [rows[0], ("ground truth", y)],
+            column,
+            title="first completion against the ground truth",
+        )
+
+
+TASKS = {
+    "vae": ImageTask(),
+    "cvae": CompletionTask(num_samples=5, label="CVAE sample"),
+    "regressor": CompletionTask(num_samples=1, label="regressor"),
+}
+
+
+def load_training_data(config: RunConfig, *, data_dir=None, device: torch.device | str = "cpu"):
+    """Training tensors, validation arguments, and the per-batch transform of a run.
+
+    Training batches are transformed afresh every step (dynamic binarization); the validation
+    split is binarized once, with ``config.train.eval_seed``. The data are checked against the
     likelihood's support before any training starts.
     """
-    train_split = load_mnist("train", data_dir, subset=config.train.subset, device=device)
-    likelihood = build_vae(config.model).likelihood
-    (valid_images,) = load_eval_data(config, "valid", data_dir=data_dir, device=device)
-    if likelihood.binary_data:
-        batch_transform = _dynamic_binarization
-        likelihood.check_data(binarize(train_split.images[:100]))
-    else:
-        batch_transform = None
-        likelihood.check_data(train_split.images)
-    likelihood.check_data(valid_images)
-    return (train_split.images,), (valid_images,), batch_transform
+    task = TASKS[config.kind]
+    likelihood = build_model(config).likelihood
+    train_images = load_mnist("train", data_dir, subset=config.train.subset, device=device).images
+    valid_args = load_eval_data(config, "valid", data_dir=data_dir, device=device)
+    transform = task.batch_transform(config, likelihood)
+    likelihood.check_data(transform(train_images[:100])[-1])
+    likelihood.check_data(valid_args[-1])
+    return (train_images,), valid_args, transform
 
 
 def load_eval_data(
     config: RunConfig, split: str, *, subset: int | None = None, data_dir=None, device="cpu"
-) -> tuple[torch.Tensor]:
-    """The images a run is scored on: a fixed seeded binarization for binary likelihoods, else grayscale.
+) -> tuple[torch.Tensor, ...]:
+    """The arguments a run is scored with on ``split``: one seeded binarization where binary data are needed.
 
-    The binarization seed is the run's ``eval_seed``, so every evaluation of every model with the
-    same seed sees the same binary digits.
+    The seed is the run's ``eval_seed``, so every evaluation of every model with the same seed
+    sees the same binary digits. The CVAE's column input is always binarized (the task of section
+    5); its targets only for a binary likelihood.
     """
     images = load_mnist(split, data_dir, subset=subset, device=device).images
-    if build_vae(config.model).likelihood.binary_data:
-        images = fixed_binarization(images, config.train.eval_seed)
-    return (images,)
-
-
-def _dynamic_binarization(x: torch.Tensor) -> tuple[torch.Tensor]:
-    return (binarize(x),)
+    binary = fixed_binarization(images, config.train.eval_seed)
+    return TASKS[config.kind].eval_arguments(config, images, binary, build_model(config).likelihood)
 
 
 def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> RunConfig:
@@ -86,6 +173,8 @@ def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> Run
     if not checkpoint.exists():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist; train without --resume first")
     saved = read_run_config(out_dir)
+    if saved.kind != config.kind:
+        raise ConfigError(f"{out_dir} holds a {saved.kind!r} run, not a {config.kind!r} run")
     return replace(saved, train=replace(saved.train, epochs=config.train.epochs))
 
 
@@ -105,7 +194,7 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
-def train_vae_run(
+def train_run(
     config: RunConfig,
     out_dir: str | os.PathLike,
     *,
@@ -114,79 +203,63 @@ def train_vae_run(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
-) -> tuple[VAE, TrainHistory]:
-    """Train the VAE of ``config`` into ``out_dir`` and write its figures; return model and history."""
+) -> tuple[nn.Module, TrainHistory]:
+    """Train the model of ``config`` into ``out_dir`` and write its figures; return model and history."""
     out_dir = Path(out_dir)
     config = prepare_run_folder(out_dir, config, resume=resume)
     device = torch.device(device)
-    train_data, valid_data, batch_transform = load_vae_data(config, data_dir=data_dir, device=device)
+    train_data, valid_args, batch_transform = load_training_data(config, data_dir=data_dir, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
     seed_everything(config.train.seed)  # the initial weights follow the seed too
-    vae = build_vae(config.model)
+    model = build_model(config)
     history = train(
-        vae,
-        train_data,
-        valid_data,
-        epochs=config.train.epochs,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        seed=config.train.seed,
-        loss=build_objective(config.train.objective),
-        batch_transform=batch_transform,
-        device=device,
-        run_dir=out_dir,
-        config=config.to_dict(),
-        resume=resume,
-        progress=progress,
-        log=log,
-    )
-    write_vae_figures(vae, out_dir, valid_data[0], history)
-    return vae, history
+        model, train_data, valid_args,
+        epochs=config.train.epochs, batch_size=config.train.batch_size, lr=config.train.lr,
+        seed=config.train.seed, loss=build_objective(config.train.objective),
+        batch_transform=batch_transform, device=device, run_dir=out_dir,
+        config=config.to_dict(), resume=resume, progress=progress, log=log,
+    )  # fmt: skip
+    model.eval()
+    TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
+    save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
+    return model, history
 
 
-def load_vae_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[RunConfig, VAE]:
-    """Rebuild the VAE of a run folder from its checkpoint, on ``device``, in eval mode."""
+def load_run(
+    run_dir: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    weights: str = "best",
+    kinds: tuple[str, ...] | None = None,
+) -> tuple[RunConfig, nn.Module]:
+    """Rebuild the model of a run folder on ``device``, in eval mode.
+
+    ``weights="best"`` loads the epoch with the highest validation ELBO (model selection on the
+    validation split), ``"last"`` the final epoch. ``kinds`` restricts the accepted run kinds.
+    """
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    if config.kind != "vae":
-        raise ConfigError(f"{run_dir} holds a {config.kind!r} run, not a VAE")
+    if kinds is not None and config.kind not in kinds:
+        raise ConfigError(f"{run_dir} holds a {config.kind!r} run; this needs a {' or '.join(kinds)} run")
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    vae = build_vae(config.model)
+    model_state = state.get("best_model_state") if weights == "best" else None
+    model = build_model(config)
     try:
-        vae.load_state_dict(state["model_state"])
+        model.load_state_dict(model_state if model_state is not None else state["model_state"])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config ({error})") from None
-    return config, vae.to(device).eval()
+    return config, model.to(device).eval()
 
 
-def write_vae_figures(vae: VAE, out_dir: Path, valid_images: torch.Tensor, history: TrainHistory) -> None:
-    """``samples.png`` (Fig. 7), ``reconstructions.png`` and ``elbo.png``, deterministic per model."""
-    save_sample_grid(vae, out_dir / "samples.png")
-    originals = valid_images[:50]
-    # Rows alternate: ten validation images, then their reconstructions.
-    pairs = torch.stack([originals.reshape(5, 10, -1), vae.reconstruct(originals).reshape(5, 10, -1)], dim=1)
-    save_image_grid(
-        out_dir / "reconstructions.png",
-        pairs.reshape(100, -1),
-        num_columns=10,
-        title="rows 1,3,5,...: validation images; rows 2,4,6,...: f(mu(x))",
-    )
-    save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
+def load_vae_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", weights: str = "best"):
+    """:func:`load_run` for VAE runs only."""
+    return load_run(run_dir, device=device, weights=weights, kinds=("vae",))
 
 
-def save_sample_grid(
-    vae: VAE, path: str | os.PathLike, *, num_images: int = NUM_FIGURE_SAMPLES, seed: int = FIGURE_SEED
-) -> None:
-    """Decoder means f(z), z ~ P(z), on a grid: the tutorial's Fig. 7. Leaves the global RNG as it was."""
-    device = next(vae.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        images = vae.sample_images(num_images)
-    save_image_grid(path, images, num_columns=10, title="f(z), z ~ N(0, I)")
-
-
-def evaluate_vae_run(
+def evaluate_run(
     run_dir: str | os.PathLike,
     *,
     num_samples: int = 5000,
@@ -195,32 +268,42 @@ def evaluate_vae_run(
     batch_size: int = 100,
     chunk_size: int | None = None,
     compute_khat: bool = True,
+    weights: str = "best",
     data_dir=None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[dict, ImportanceSamplingSummary]:
-    """Importance-sampling evaluation of a VAE run folder: the ``eval.json`` report and per-image values.
+    """Importance-sampling evaluation of a run folder: the ``eval.json`` report and per-datapoint values.
 
-    Particles are seeded with the run's ``eval_seed``, so repeated evaluations agree exactly.
+    Works for every kind (for the regressor, which has no latent variable, the estimate is exact
+    for any K). Particles are seeded with the run's ``eval_seed``, so repeated evaluations agree.
     """
-    config, vae = load_vae_run(run_dir, device=device)
+    config, model = load_run(run_dir, device=device, weights=weights)
     data = load_eval_data(config, split, subset=subset, data_dir=data_dir, device=device)
     seed_everything(config.train.eval_seed)
     started = time.perf_counter()
     summary = evaluate_importance_sampling(
-        vae,
-        data,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        compute_khat=compute_khat,
-        progress=progress,
-    )
+        model, data, num_samples=num_samples, batch_size=batch_size, chunk_size=chunk_size,
+        compute_khat=compute_khat, progress=progress,
+    )  # fmt: skip
     report = split_report(summary, num_samples=num_samples)
     report.update(
+        kind=config.kind,
         split=split,
+        weights=weights,
         eval_seed=config.train.eval_seed,
         seconds=time.perf_counter() - started,
         device=str(device),
     )
     return report, summary
+
+
+def save_sample_grid(
+    vae: nn.Module, path: str | os.PathLike, *, num_images: int = NUM_FIGURE_SAMPLES, seed: int = FIGURE_SEED
+) -> None:
+    """Decoder means f(z), z ~ P(z), on a grid: the tutorial's Fig. 7. Leaves the global RNG as it was."""
+    device = next(vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        images = vae.sample_images(num_images)
+    save_image_grid(path, images, num_columns=10, title="f(z), z ~ N(0, I)")

@@ -52,8 +52,19 @@ class TrainHistory:
     def epochs(self) -> int:
         return len(self.train_elbo)
 
+    @property
+    def best_epoch(self) -> int:
+        """The epoch (1-based) with the highest validation ELBO; 0 before the first epoch."""
+        if not self.valid_elbo:
+            return 0
+        return max(range(len(self.valid_elbo)), key=lambda i: self.valid_elbo[i]) + 1
+
     def to_dict(self) -> dict[str, list[float]]:
         return asdict(self)
+
+    def metrics(self) -> dict[str, Any]:
+        """What ``metrics.json`` holds: the per-epoch lists and the best validation epoch."""
+        return {**self.to_dict(), "best_epoch": self.best_epoch}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -230,6 +241,7 @@ def train(
     data_generator = torch.Generator().manual_seed(seed)
     history = TrainHistory()
     start_epoch = 0
+    best_state: dict[str, torch.Tensor] | None = None  # weights of history.best_epoch
 
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
@@ -242,6 +254,7 @@ def train(
         model.to(device)
         optimizer.set_state(state["optimizer_state"])
         history = TrainHistory(**state["history"])
+        best_state = state.get("best_model_state")  # absent in checkpoints of pyro-vae 0.1.0 runs
         start_epoch = int(state["epoch"])
         _set_rng_state(state["rng"], data_generator)
     if run_dir is not None:
@@ -293,6 +306,9 @@ def train(
                 f"the ELBO is not finite after epoch {epoch + 1}; the checkpoint of epoch "
                 f"{epoch} is kept; lower --lr or check the data"
             )
+        if history.best_epoch == epoch + 1:
+            # Model selection on the validation split: keep the best weights beside the last.
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if run_dir is not None:
             save_checkpoint(
                 run_dir / CHECKPOINT_NAME,
@@ -300,12 +316,13 @@ def train(
                     "config": config or {},
                     "epoch": epoch + 1,
                     "model_state": model.state_dict(),
+                    "best_model_state": best_state,
                     "optimizer_state": optimizer.get_state(),
                     "rng": _rng_state(data_generator),
                     "history": history.to_dict(),
                 },
             )
-            atomic_write_json(run_dir / METRICS_NAME, history.to_dict())
+            atomic_write_json(run_dir / METRICS_NAME, history.metrics())
         if log is not None:
             log(
                 f"epoch {epoch + 1}/{epochs}  train ELBO {history.train_elbo[-1]:.2f}  "

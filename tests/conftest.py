@@ -40,12 +40,34 @@ def cuda_only(test):
 def tiny_vae_run(tmp_path_factory):
     """A VAE run folder (z_dim 4, one hidden layer of 64, 1,000 images, 2 epochs) for the studies."""
     from pyro_vae import RunConfig, TrainConfig, VAEConfig
-    from pyro_vae.runs import train_vae_run
+    from pyro_vae.runs import train_run
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = RunConfig(
         model=VAEConfig(z_dim=4, hidden_sizes=(64,)), train=TrainConfig(epochs=2, subset=1000, lr=3e-3)
     )
-    train_vae_run(config, out, device="cpu", progress=False, log=None)
+    train_run(config, out, device="cpu", progress=False, log=None)
     pyro.clear_param_store()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_completion_runs(tmp_path_factory):
+    """A CVAE and a regressor run (small networks, 1,500 images, 2 epochs) on the column task."""
+    from pyro_vae import RunConfig, TrainConfig
+    from pyro_vae.builders import CVAEConfig
+    from pyro_vae.runs import train_run
+
+    root = tmp_path_factory.mktemp("completion_runs")
+    model = CVAEConfig(z_dim=4, hidden_sizes=(64,), condition_sizes=(32,), condition_dim=16)
+    train = TrainConfig(epochs=2, subset=1500, lr=2e-3)
+    for kind in ("cvae", "regressor"):
+        train_run(
+            RunConfig(kind=kind, model=model, train=train),
+            root / kind,
+            device="cpu",
+            progress=False,
+            log=None,
+        )
+        pyro.clear_param_store()
+    return root / "cvae", root / "regressor"
