@@ -126,6 +126,12 @@ def _add_train_parser(subparsers, kind: str) -> None:
     _add_device_and_data_flags(p)
     p.add_argument("--out", type=Path, default=Path(f"runs/{kind}"), help=f"run folder (default runs/{kind})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on torch.distributed; launch with 'torchrun --nproc_per_node N "
+        "-m pyro_vae.cli train ...' (gloo on CPU, nccl on CUDA; --batch-size is per rank)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
 
@@ -270,22 +276,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     device = resolve_device(args.device)
+    context = None
+    if args.distributed:
+        from .distributed import init_from_environment
+
+        context, device = init_from_environment(device.type)
+    is_main = context is None or context.is_main
     values = config.model.to_dict()
     settings = " ".join(f"{name}={values[name]}" for name in MODEL_FLAGS[config.kind])
-    print(
-        f"training a {config.kind} on {device} into {args.out}: {settings} epochs={config.train.epochs} "
-        f"batch={config.train.batch_size}",
-        flush=True,
-    )
-    _, history = train_run(
-        config,
-        args.out,
-        data_dir=args.data_dir,
-        device=device,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    if history.epochs:
+    if is_main:
+        ranks = f" x {context.world_size} ranks" if context else ""
+        print(
+            f"training a {config.kind} on {device}{ranks} into {args.out}: {settings} "
+            f"epochs={config.train.epochs} batch={config.train.batch_size}",
+            flush=True,
+        )
+    try:
+        _, history = train_run(
+            config,
+            args.out,
+            data_dir=args.data_dir,
+            device=device,
+            resume=args.resume,
+            distributed=context,
+            progress=not args.no_progress,
+        )
+    finally:
+        if context is not None:
+            from .distributed import shutdown
+
+            shutdown()
+    if history.epochs and is_main:
         print(
             f"final validation ELBO {history.valid_elbo[-1]:.2f} nats/image "
             f"(best {max(history.valid_elbo):.2f} at epoch {history.best_epoch}); outputs in {args.out}"

@@ -24,6 +24,7 @@ from torch import nn
 from .builders import RunConfig, build_model, build_objective
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from .data import binarize, fixed_binarization, load_mnist, split_column
+from .distributed import DistributedContext
 from .errors import CheckpointError, ConfigError
 from .estimators import ImportanceSamplingSummary
 from .evaluation import evaluate_importance_sampling, split_report
@@ -201,16 +202,22 @@ def train_run(
     data_dir=None,
     device: torch.device | str = "cpu",
     resume: bool = False,
+    distributed: DistributedContext | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> tuple[nn.Module, TrainHistory]:
-    """Train the model of ``config`` into ``out_dir`` and write its figures; return model and history."""
+    """Train the model of ``config`` into ``out_dir`` and write its figures; return model and history.
+
+    With ``distributed`` (a ``torchrun`` job) every rank trains its shard and only rank 0 writes.
+    """
     out_dir = Path(out_dir)
     config = prepare_run_folder(out_dir, config, resume=resume)
+    writes_files = distributed is None or distributed.is_main
     device = torch.device(device)
     train_data, valid_args, batch_transform = load_training_data(config, data_dir=data_dir, device=device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
+    if writes_files:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
     seed_everything(config.train.seed)  # the initial weights follow the seed too
     model = build_model(config)
     history = train(
@@ -218,11 +225,12 @@ def train_run(
         epochs=config.train.epochs, batch_size=config.train.batch_size, lr=config.train.lr,
         seed=config.train.seed, loss=build_objective(config.train.objective),
         batch_transform=batch_transform, device=device, run_dir=out_dir,
-        config=config.to_dict(), resume=resume, progress=progress, log=log,
+        config=config.to_dict(), resume=resume, distributed=distributed, progress=progress, log=log,
     )  # fmt: skip
     model.eval()
-    TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
-    save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
+    if writes_files:
+        TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
+        save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
     return model, history
 
 
