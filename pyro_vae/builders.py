@@ -25,9 +25,16 @@ from .cvae import (
 )
 from .data import IMAGE_SIDE, MIDDLE_COLUMN, NUM_PIXELS
 from .errors import ConfigError
-from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
+from .likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLearnedLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+    Likelihood,
+)
 from .nets import Decoder, GaussianEncoder
-from .priors import StandardNormalPrior
+from .priors import MixtureOfGaussiansPrior, ScaledNormalPrior, StandardNormalPrior, VampPrior
 from .vae import VAE
 
 #: The tutorial's network (section 4.1: Caffe's MNIST autoencoder with ReLUs).
@@ -73,7 +80,12 @@ class VAEConfig(_Config):
     z_dim: int = DEFAULT_Z_DIM
     hidden_sizes: tuple[int, ...] = DEFAULT_HIDDEN_SIZES
     likelihood: str = "bernoulli"
-    sigma: float = DEFAULT_SIGMA  # used by the Gaussian likelihood only
+    #: Gaussian: the fixed standard deviation; gaussian-learned: its initial value; laplace: the scale.
+    sigma: float = DEFAULT_SIGMA
+    sigma_per_pixel: bool = False  # gaussian-learned: one sigma per pixel instead of one shared
+    prior: str = "standard"
+    prior_scale: float = 1.0  # the lambda of the scaled prior N(0, lambda^2 I)
+    num_components: int = 10  # mixture components, or VampPrior pseudo-inputs
     x_dim: int = NUM_PIXELS
 
     def __post_init__(self):
@@ -81,8 +93,13 @@ class VAEConfig(_Config):
         if self.z_dim < 1:
             raise ConfigError(f"z_dim must be >= 1, got {self.z_dim}")
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        _check_choice("prior", self.prior, PRIORS)
         if not self.sigma > 0:
             raise ConfigError(f"sigma must be positive, got {self.sigma}")
+        if not self.prior_scale > 0:
+            raise ConfigError(f"prior scale must be positive, got {self.prior_scale}")
+        if self.num_components < 1:
+            raise ConfigError(f"num_components must be >= 1, got {self.num_components}")
 
 
 @dataclass(frozen=True)
@@ -125,10 +142,24 @@ class CVAEConfig(_Config):
         return NUM_PIXELS - IMAGE_SIDE
 
 
-#: likelihood name -> factory taking the model config. The CLI's ``--likelihood`` choices.
-LIKELIHOODS: dict[str, Callable[[Any], Likelihood]] = {
-    "bernoulli": lambda config: BernoulliLikelihood(),
-    "gaussian": lambda config: GaussianLikelihood(config.sigma),
+#: likelihood name -> factory taking the model config and the data dimension. The CLI's
+#: ``--likelihood`` choices; bernoulli sees binarized pixels, the others grayscale intensities.
+LIKELIHOODS: dict[str, Callable[[Any, int], Likelihood]] = {
+    "bernoulli": lambda config, dim: BernoulliLikelihood(),
+    "gaussian": lambda config, dim: GaussianLikelihood(config.sigma),
+    "gaussian-learned": lambda config, dim: GaussianLearnedLikelihood(
+        dim, per_pixel=getattr(config, "sigma_per_pixel", False), init_sigma=config.sigma
+    ),
+    "continuous-bernoulli": lambda config, dim: ContinuousBernoulliLikelihood(),
+    "laplace": lambda config, dim: LaplaceLikelihood(config.sigma),
+}
+
+#: VAE prior name -> factory taking the config and the encoder (the VampPrior shares it).
+PRIORS: dict[str, Callable[[VAEConfig, nn.Module], nn.Module]] = {
+    "standard": lambda config, encoder: StandardNormalPrior(config.z_dim),
+    "scaled": lambda config, encoder: ScaledNormalPrior(config.z_dim, config.prior_scale),
+    "mixture": lambda config, encoder: MixtureOfGaussiansPrior(config.z_dim, config.num_components),
+    "vamp": lambda config, encoder: VampPrior(encoder, config.num_components, config.x_dim),
 }
 
 #: CVAE prior name -> factory: the tutorial's N(0, I), or Sohn et al.'s learned P(z|X).
@@ -159,16 +190,15 @@ def build_objective(name: str) -> pyro.infer.ELBO:
 
 def build_vae(config: VAEConfig, *, name: str = "vae") -> VAE:
     """Build the encoder, decoder and prior described by ``config`` (freshly initialized)."""
-    likelihood = LIKELIHOODS[config.likelihood](config)
+    likelihood = LIKELIHOODS[config.likelihood](config, config.x_dim)
     encoder = GaussianEncoder(config.x_dim, config.hidden_sizes, config.z_dim)
     decoder = Decoder(config.z_dim, tuple(reversed(config.hidden_sizes)), config.x_dim, likelihood)
-    prior = StandardNormalPrior(config.z_dim)
-    return VAE(encoder, decoder, prior, name=name)
+    return VAE(encoder, decoder, PRIORS[config.prior](config, encoder), name=name)
 
 
 def build_cvae(config: CVAEConfig, *, name: str = "cvae") -> CVAE:
     """The tutorial's CVAE for completing a digit from one column (section 5)."""
-    likelihood = LIKELIHOODS[config.likelihood](config)
+    likelihood = LIKELIHOODS[config.likelihood](config, config.y_dim)
     condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
     encoder = ConditionalEncoder(config.x_dim, config.y_dim, config.hidden_sizes, config.z_dim)
     decoder = ConditionalDecoder(
@@ -179,7 +209,7 @@ def build_cvae(config: CVAEConfig, *, name: str = "cvae") -> CVAE:
 
 def build_regressor(config: CVAEConfig, *, name: str = "regressor") -> Regressor:
     """The regressor baseline: the CVAE's conditioning network and decoder layers, without z."""
-    likelihood = LIKELIHOODS[config.likelihood](config)
+    likelihood = LIKELIHOODS[config.likelihood](config, config.y_dim)
     condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
     decoder = Decoder(config.condition_dim, tuple(reversed(config.hidden_sizes)), config.y_dim, likelihood)
     return Regressor(condition_net, decoder, name=name)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .builders import CONDITIONAL_PRIORS, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, RunConfig, TrainConfig
+from .builders import CONDITIONAL_PRIORS, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, PRIORS, RunConfig, TrainConfig
 from .checkpoint import CHECKPOINT_NAME
 from .data import IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
@@ -22,9 +22,25 @@ PROG = "pyro-vae"
 
 #: Per model kind: configuration field -> the argparse destination of its flag.
 MODEL_FLAGS = {
-    "vae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "likelihood": "likelihood", "sigma": "sigma"},
+    "vae": {
+        "z_dim": "z_dim",
+        "hidden_sizes": "hidden",
+        "likelihood": "likelihood",
+        "sigma": "sigma",
+        "sigma_per_pixel": "sigma_per_pixel",
+        "prior": "prior",
+        "prior_scale": "prior_scale",
+        "num_components": "num_components",
+    },  # fmt: skip
     "cvae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "column": "column", "prior": "prior"},
     "regressor": {"hidden_sizes": "hidden", "column": "column"},
+}
+PRIOR_CHOICES = {"vae": PRIORS, "cvae": CONDITIONAL_PRIORS}
+PRIOR_HELP = {
+    "vae": "standard N(0, I) (default), scaled N(0, lambda^2 I), mixture (learnable mixture of Gaussians), "
+    "vamp (VampPrior)",
+    "cvae": "standard: P(z|X) = N(0, I) as in the tutorial (default); conditional: a learned P(z|X) "
+    "(Sohn et al., 2015)",
 }
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "objective", "subset")
 DESCRIPTIONS = {
@@ -93,27 +109,36 @@ def _add_train_parser(subparsers, kind: str) -> None:
     if "likelihood" in MODEL_FLAGS[kind]:
         p.add_argument(
             "--likelihood",
-            choices=sorted(LIKELIHOODS),
-            help="bernoulli: dynamically binarized pixels (default); gaussian: N(f(z), sigma^2 I) "
-            "on grayscale intensities",
+            choices=list(LIKELIHOODS),
+            help="bernoulli: dynamically binarized pixels (default); on grayscale intensities: gaussian "
+            "N(f(z), sigma^2 I), gaussian-learned (sigma learned), continuous-bernoulli, laplace",
         )
         p.add_argument(
             "--sigma",
             type=_positive_float,
-            help="standard deviation of the gaussian likelihood (default 0.1)",
+            help="gaussian: the standard deviation; gaussian-learned: its initial value; laplace: the scale "
+            "(default 0.1)",
+        )
+        p.add_argument(
+            "--sigma-per-pixel",
+            action="store_true",
+            default=None,
+            help="gaussian-learned: learn one sigma per pixel instead of one shared",
+        )
+    if "prior" in MODEL_FLAGS[kind]:
+        p.add_argument("--prior", choices=list(PRIOR_CHOICES[kind]), help=PRIOR_HELP[kind])
+    if "prior_scale" in MODEL_FLAGS[kind]:
+        p.add_argument("--prior-scale", type=_positive_float, help="lambda of the scaled prior (default 1)")
+        p.add_argument(
+            "--num-components",
+            type=_positive_int,
+            help="mixture components or VampPrior pseudo-inputs (default 10)",
         )
     if "column" in MODEL_FLAGS[kind]:
         p.add_argument(
             "--column",
             type=_column_index,
             help=f"the input column X, 0..{IMAGE_SIDE - 1} (default {MIDDLE_COLUMN})",
-        )
-    if "prior" in MODEL_FLAGS[kind]:
-        p.add_argument(
-            "--prior",
-            choices=list(CONDITIONAL_PRIORS),
-            help="standard: P(z|X) = N(0, I) as in the tutorial (default); conditional: "
-            "a learned P(z|X) (Sohn et al., 2015)",
         )
     p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
     p.add_argument(
