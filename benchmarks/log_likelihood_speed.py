@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import pyro
@@ -99,7 +98,7 @@ def main(argv=None) -> None:
             times["pyro_vae"].append(t)
         # Different random draws: the two agree within Monte Carlo error, not exactly.
         difference = float((ref - ours).mean())
-        ref_t, ours_t = statistics.median(times["reference"]), statistics.median(times["pyro_vae"])
+        ref_t, ours_t = min(times["reference"]), min(times["pyro_vae"])
         rows.append(
             f"| {name} | {device.type} | {ref_t:.1f} s | {ours_t:.1f} s | {pairs / ours_t:,.0f} "
             f"| {ref_t / ours_t:.2f}x | {difference:+.3f} |"
@@ -111,7 +110,7 @@ def main(argv=None) -> None:
             "",
             f"Machine: {machine_description()}.",
             f"{args.images:,} test images x K = {args.num_samples:,} particles, {args.batch_size} images and "
-            f"{args.chunk_size} particles per pass, median of {args.repeats} interleaved repetitions.",
+            f"{args.chunk_size} particles per pass, best of {args.repeats} interleaved repetitions.",
             "",
             "| network | device | reference (plain torch) | pyro_vae.estimators | images x particles / s "
             "| speed-up | mean difference (nats) |",

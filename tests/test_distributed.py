@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,22 @@ def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         "2",
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun's workers too, not only torchrun
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"torchrun timed out:\n{stdout[-2000:]}{stderr[-2000:]}") from None
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -162,7 +162,9 @@ def test_factorized_bernoulli_equals_independent_bernoullis():
     x = torch.bernoulli(torch.full((3, 7), 0.5, dtype=torch.float64))
     fused, reference = FactorizedBernoulli(logits), dist.Bernoulli(logits=logits).to_event(1)
     assert fused.batch_shape == reference.batch_shape and fused.event_shape == reference.event_shape
-    assert torch.allclose(fused.log_prob(x), reference.log_prob(x), atol=1e-12)
+    assert torch.allclose(fused.log_prob(x), reference.log_prob(x), atol=1e-12)  # training path
+    with torch.no_grad():  # scoring path: the fused two-term form, broadcasting x against logits
+        assert torch.allclose(fused.log_prob(x), reference.log_prob(x), atol=1e-12)
     (g_fused,) = torch.autograd.grad(fused.log_prob(x).sum(), logits)
     (g_reference,) = torch.autograd.grad(reference.log_prob(x).sum(), logits)
     assert torch.allclose(g_fused, g_reference, atol=1e-12)
