@@ -62,7 +62,11 @@ def per_image_estimates(
         key: [] for key in ("log_likelihood", "elbo", "khat", "ess", "rate", "distortion")
     }
     with tqdm(
-        total=images.shape[0], desc=f"K={k_max}", unit="image", disable=not progress, leave=False
+        total=images.shape[0],
+        desc=f"K={k_max}",
+        unit="image",
+        disable=None if progress else True,
+        leave=False,
     ) as bar:
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size]

@@ -23,15 +23,10 @@ from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 
-class FactorizedBernoulli(TorchDistribution):
-    """Independent Bernoulli variables over the last dimension, parameterized by logits.
-
-    Equivalent to ``pyro.distributions.Bernoulli(logits=logits).to_event(1)``: batch shape
-    ``logits.shape[:-1]``, event shape ``logits.shape[-1:]``, support binary vectors.
-    """
+class _FactorizedByLogits(TorchDistribution):
+    """Independent scalar variables over the last dimension, one logit each (shared plumbing)."""
 
     arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
-    support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
 
     def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
@@ -41,12 +36,22 @@ class FactorizedBernoulli(TorchDistribution):
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(FactorizedBernoulli, _instance)
+        new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
         new.logits = self.logits.expand(batch_shape + self.event_shape)
-        super(FactorizedBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+
+class FactorizedBernoulli(_FactorizedByLogits):
+    """Independent Bernoulli variables over the last dimension, parameterized by logits.
+
+    Equivalent to ``pyro.distributions.Bernoulli(logits=logits).to_event(1)``: batch shape
+    ``logits.shape[:-1]``, event shape ``logits.shape[-1:]``, support binary vectors.
+    """
+
+    support = constraints.independent(constraints.boolean, 1)
 
     @lazy_property
     def probs(self) -> torch.Tensor:
@@ -103,7 +108,7 @@ def continuous_bernoulli_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, exact)
 
 
-class FactorizedContinuousBernoulli(TorchDistribution):
+class FactorizedContinuousBernoulli(_FactorizedByLogits):
     """Independent continuous Bernoulli variables on [0, 1] over the last dimension, by logits.
 
     log p(x | eta) = sum_i [x_i eta_i - softplus(eta_i) + log C(eta_i)], a valid density for
@@ -111,23 +116,7 @@ class FactorizedContinuousBernoulli(TorchDistribution):
     1 / (1 - e^{-eta}) - 1 / eta (1/2 at eta = 0), not sigmoid(eta).
     """
 
-    arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
     support = constraints.independent(constraints.unit_interval, 1)
-    has_rsample = False
-
-    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
-        if logits.dim() < 1:
-            raise ValueError("logits must have at least one dimension (the event)")
-        self.logits = logits
-        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(FactorizedContinuousBernoulli, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.logits = self.logits.expand(batch_shape + self.event_shape)
-        super(FactorizedContinuousBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     @property
     def mean(self) -> torch.Tensor:

@@ -49,7 +49,9 @@ def evaluate_importance_sampling(
     model.eval()
     num = data[0].shape[0]
     parts = []
-    with tqdm(total=num, desc=f"K={num_samples}", unit="image", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=num, desc=f"K={num_samples}", unit="image", disable=None if progress else True, leave=False
+    ) as bar:
         for start in range(0, num, batch_size):
             batch = tuple(t[start : start + batch_size] for t in data)
             terms = estimators.log_weight_terms(

@@ -253,13 +253,29 @@ def load_run(
     if kinds is not None and config.kind not in kinds:
         raise ConfigError(f"{run_dir} holds a {config.kind!r} run; this needs a {' or '.join(kinds)} run")
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    model_state = state.get("best_model_state") if weights == "best" else None
     model = build_model(config)
     try:
-        model.load_state_dict(model_state if model_state is not None else state["model_state"])
+        model.load_state_dict(_selected_weights(state, weights)[0])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config ({error})") from None
     return config, model.to(device).eval()
+
+
+def _selected_weights(state: dict, weights: str) -> tuple[dict, str]:
+    """The state dict for ``weights`` and a description such as ``"best (epoch 51 of 76)"``."""
+    history = TrainHistory(**state["history"])
+    if weights == "best" and state.get("best_model_state") is not None:
+        return state["best_model_state"], f"best (epoch {history.best_epoch} of {state['epoch']})"
+    if weights == "best":
+        return state[
+            "model_state"
+        ], f"last (epoch {state['epoch']}; the checkpoint holds no best-epoch weights)"
+    return state["model_state"], f"last (epoch {state['epoch']})"
+
+
+def describe_weights(run_dir: str | os.PathLike, weights: str = "best") -> str:
+    """Which epoch's weights :func:`load_run` loads for ``weights``, in words."""
+    return _selected_weights(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME), weights)[1]
 
 
 def load_vae_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", weights: str = "best"):

@@ -218,7 +218,8 @@ def train(
         Data-parallel training on an initialized process group (see :mod:`pyro_vae.distributed`):
         rank r trains on slice r of every global batch of ``world_size * batch_size``.
     progress : bool
-        Show a tqdm bar with the running ELBO (refreshed every :data:`SYNC_EVERY` steps).
+        Show a tqdm bar with the running ELBO (refreshed every :data:`SYNC_EVERY` steps) when the
+        output is a terminal.
     log : callable, optional
         Receives one line per epoch; ``None`` for silence.
 
@@ -310,8 +311,10 @@ def train(
         total_loss = torch.zeros((), device=device)  # summed over this rank's steps; synced rarely
         seen = 0
         num_batches = num_train // global_batch if drop_last else math.ceil(num_train / global_batch)
-        bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0,
-                   leave=False, unit="batch")  # fmt: skip
+        show = None if progress and rank == 0 else True  # None: tqdm shows the bar on terminals only
+        bar = tqdm(
+            total=num_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=show, leave=False, unit="batch"
+        )
         batches = minibatch_indices(num_train, global_batch, generator=data_generator, device=device)
         for step, global_idx in enumerate(batches):
             if step == num_batches:

@@ -31,11 +31,6 @@ def small_valid_binary() -> torch.Tensor:
     return fixed_binarization(load_mnist("valid", subset=1000).images, seed=1)
 
 
-def cuda_only(test):
-    """Mark a test as needing CUDA and skip it where there is none."""
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
-
-
 @pytest.fixture(scope="session")
 def tiny_vae_run(tmp_path_factory):
     """A VAE run folder (z_dim 4, one hidden layer of 64, 1,000 images, 2 epochs) for the studies."""

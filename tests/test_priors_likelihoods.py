@@ -98,6 +98,9 @@ def test_continuous_bernoulli_density_mean_and_samples():
     standard_error = reference.variance.sqrt() / math.sqrt(40_000)
     assert torch.all((draws.mean(0) - cb.mean).abs() < 4 * standard_error)
     assert ContinuousBernoulliLikelihood().support.check(torch.tensor(1.2)) == torch.tensor(False)
+    expanded = FactorizedContinuousBernoulli(logits[0]).expand((3,))
+    assert expanded.batch_shape == (3,) and expanded.sample().shape == (3, 5)
+    assert torch.allclose(expanded.log_prob(x[0]), cb.log_prob(x).expand(3))
 
 
 def test_likelihood_sampling_moments():
