@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from pyro_vae.builders import (
     DEFAULT_HIDDEN_SIZES,
@@ -242,15 +243,19 @@ def plot_trade_off(path: Path, rows: list[dict[str, Any]], bernoulli: dict[str, 
     ax_units.set_xlabel("sigma")
     ax_units.set_ylabel(f"active units (Cov_x E_q[z_u] > {ACTIVITY_THRESHOLD})")
     ax_units.grid(alpha=0.3)
+    for ax in (ax_rate, ax_error, ax_units):
+        # label the sweep's sigmas, not the log axis' minor ticks (they overlap within a decade)
+        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax_plane.plot(
         [r["rate"]["mean"] for r in gaussian], [r["squared_error"]["mean"] for r in gaussian], marker="o"
     )
-    for r in gaussian:
+    for i, r in enumerate(gaussian):
         ax_plane.annotate(
             f"sigma={r['sigma']:g}",
             (r["rate"]["mean"], r["squared_error"]["mean"]),
             textcoords="offset points",
-            xytext=(4, 4),
+            xytext=(4, 4 if i % 2 else -11),  # alternate sides: neighbours can nearly coincide
             fontsize=7,
         )
     if bernoulli is not None:
