@@ -1,22 +1,33 @@
-"""What every study shares: its command-line edge, output folder and JSON writing.
+"""What every study shares: its command-line edge, output folder, JSON writing, the run folders it
+trains, and the statistics it reports.
 
 A study's ``main(argv)`` parses its flags, runs, and writes ``<name>.json`` plus PNG figures to
 ``--out``. Errors the user can fix (:class:`~pyro_vae.errors.PyroVAEError`) end the program with
-one line and exit code 2, as in the ``pyro-vae`` command.
+one line and exit code 2, as in the ``pyro-vae`` command. Studies that train models put each
+run in a subfolder of ``--out`` (:func:`train_or_resume`), so that a study started again on the
+same folder continues its interrupted runs and reuses its finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyro
+import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_write_json
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.builders import RunConfig
+from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.plotting import image_grid
+from pyro_vae.runs import read_run_config, train_run
+from pyro_vae.train import TrainHistory
 
 
 def study_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -49,4 +60,91 @@ def write_results(out_dir: Path, name: str, results: dict[str, Any]) -> Path:
 
 def save_figure(fig: Figure, path: Path) -> None:
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def check_positive(flag: str, values: Sequence[float]) -> None:
+    """Raise :class:`ConfigError` unless every value given to ``flag`` is a finite number > 0."""
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad or not values:
+        raise ConfigError(f"{flag} needs positive numbers, got {list(values)}")
+
+
+def mean_se(values: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Mean over images and its standard error sd / sqrt(N) (nats per image)."""
+    values = np.asarray(torch.as_tensor(values).double().cpu(), dtype=np.float64)
+    se = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
+    return {"mean": float(values.mean()), "se": se}
+
+
+def paired_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Mean of the per-image differences a_i - b_i, its standard error, and how often a_i > b_i.
+
+    Two models scored on the same images share the images' difficulty; the paired standard error
+    removes it, which the difference of two unpaired means would not.
+    """
+    a = np.asarray(torch.as_tensor(a).double().cpu(), dtype=np.float64)
+    b = np.asarray(torch.as_tensor(b).double().cpu(), dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same images, got shapes {a.shape} and {b.shape}")
+    return {**mean_se(a - b), "fraction_positive": float(np.mean(a > b))}
+
+
+def train_or_resume(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    data_dir=None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    label: str = "",
+) -> TrainHistory:
+    """Train ``config`` into ``run_dir``, continue it there, or reuse it when it is finished.
+
+    A folder that holds a run of another configuration, or of more epochs, is refused rather
+    than mixed into the study. Returns the run's history (every epoch, also those of an earlier,
+    interrupted invocation: per-epoch train and validation ELBO and seconds).
+    """
+    resume = (run_dir / CHECKPOINT_NAME).exists()
+    if resume:
+        saved = read_run_config(run_dir)
+        same = saved.kind == config.kind and saved.model == config.model
+        same = same and {**saved.train.to_dict(), "epochs": 0} == {**config.train.to_dict(), "epochs": 0}
+        if not same or saved.train.epochs > config.train.epochs:
+            raise ConfigError(
+                f"{run_dir} holds another run ({saved.to_dict()}); this study needs "
+                f"{config.to_dict()}; choose another --out or remove that folder"
+            )
+    prefix = f"[{label}] " if label else ""
+    _, history = train_run(
+        config,
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        resume=resume,
+        progress=progress,
+        log=lambda line: print(prefix + line, flush=True),
+    )
+    pyro.clear_param_store()  # the next run registers networks under the same names
+    return history
+
+
+def save_image_panels(
+    path: Path,
+    panels: Sequence[tuple[str, torch.Tensor]],
+    *,
+    num_columns: int = 8,
+    title: str | None = None,
+    panel_width: float = 2.2,
+) -> None:
+    """Image grids side by side, one titled panel per model (e.g. samples f(z) for shared z)."""
+    fig = Figure(figsize=(panel_width * len(panels), panel_width + (0.7 if title else 0.4)))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (panel_title, images) in zip(axes, panels):
+        ax.imshow(image_grid(images, num_columns=num_columns), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(panel_title, fontsize=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.82 if title else 0.9, wspace=0.05)
     fig.savefig(path, dpi=110)
