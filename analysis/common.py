@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,14 @@ import pyro
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.builders import RunConfig
+from pyro_vae.builders import DEFAULT_HIDDEN_SIZES, DEFAULT_Z_DIM, OBJECTIVES, RunConfig, TrainConfig
 from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.estimators import ImportanceSamplingSummary
 from pyro_vae.plotting import image_grid
-from pyro_vae.runs import read_run_config, train_run
+from pyro_vae.runs import evaluate_run, load_vae_run, read_run_config, train_run
 from pyro_vae.train import TrainHistory
+from pyro_vae.vae import VAE
 
 
 def study_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -68,6 +72,54 @@ def check_positive(flag: str, values: Sequence[float]) -> None:
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
     if bad or not values:
         raise ConfigError(f"{flag} needs positive numbers, got {list(values)}")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, z_dim: bool = True) -> None:
+    """The budget and network flags of a study that trains the tutorial's MNIST VAE.
+
+    ``z_dim=False`` leaves ``--z-dim`` out, for a study that sweeps the latent size itself.
+    """
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--subset", type=int, default=None, help="train on the first N training images")
+    if z_dim:
+        parser.add_argument("--z-dim", type=int, default=DEFAULT_Z_DIM)
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULT_HIDDEN_SIZES))
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objective", choices=list(OBJECTIVES), default="meanfield")
+
+
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, *, num_samples: int, eval_subset: int, num_samples_help: str
+) -> None:
+    """``--num-samples`` (particles per test image) and ``--eval-subset`` (first N test images, 0: all)."""
+    parser.add_argument("--num-samples", "-k", type=int, default=num_samples, help=num_samples_help)
+    parser.add_argument("--eval-subset", type=int, default=eval_subset, help="first N test images (0: all)")
+
+
+def check_study_arguments(args: argparse.Namespace) -> None:
+    """Refuse the flags of :func:`add_training_arguments` and :func:`add_evaluation_arguments`
+    that no run could use, with the flag's name, before any training starts."""
+    check_positive("--lr", [args.lr])
+    for name in ("epochs", "batch_size", "num_samples", "z_dim", "subset"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.eval_subset < 0:
+        raise ConfigError(f"--eval-subset must be >= 0 (0: all test images), got {args.eval_subset}")
+
+
+def train_config(args: argparse.Namespace, *, seed: int | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` of the study's flags (``seed`` overrides ``--seed``)."""
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed if seed is None else seed,
+        objective=args.objective,
+        subset=args.subset,
+    )
 
 
 def mean_se(values: np.ndarray | torch.Tensor) -> dict[str, float]:
@@ -127,6 +179,57 @@ def train_or_resume(
     )
     pyro.clear_param_store()  # the next run registers networks under the same names
     return history
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A study's trained run, its importance-sampling evaluation and the model, loaded.
+
+    ``report`` and ``summary`` are those of :func:`pyro_vae.runs.evaluate_run` (best validation
+    weights); ``eval_seconds`` is the time of that evaluation.
+    """
+
+    history: TrainHistory
+    config: RunConfig
+    vae: VAE
+    report: dict[str, Any]
+    summary: ImportanceSamplingSummary
+    eval_seconds: float
+
+
+def train_and_score(
+    config: RunConfig,
+    run_dir: Path,
+    args: argparse.Namespace,
+    *,
+    device: torch.device | str,
+    label: str,
+    chunk_size: int | None = None,
+    batch_size: int = 100,
+) -> ScoredRun:
+    """Train (or continue, or reuse) ``config`` in ``run_dir``, then score it on the test split.
+
+    The evaluation uses the study's ``--num-samples`` particles on its ``--eval-subset`` test
+    images, with the run's fixed binarization, so every run of a study is scored on the same
+    digits and per-image values can be paired.
+    """
+    history = train_or_resume(
+        config, run_dir, data_dir=args.data_dir, device=device, progress=not args.no_progress, label=label
+    )
+    started = time.perf_counter()
+    report, summary = evaluate_run(
+        run_dir,
+        num_samples=args.num_samples,
+        subset=args.eval_subset or None,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        data_dir=args.data_dir,
+        device=device,
+        progress=not args.no_progress,
+    )
+    eval_seconds = time.perf_counter() - started
+    config, vae = load_vae_run(run_dir, device=device)
+    return ScoredRun(history, config, vae, report, summary, eval_seconds)
 
 
 def save_image_panels(

@@ -51,22 +51,26 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.builders import DEFAULT_HIDDEN_SIZES, OBJECTIVES, RunConfig, TrainConfig, VAEConfig
+from pyro_vae.builders import RunConfig, VAEConfig
 from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import DEFAULT_PAIRS_PER_CHUNK
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
-from pyro_vae.runs import evaluate_run, load_eval_data, load_vae_run
+from pyro_vae.runs import load_eval_data
 from pyro_vae.train import resolve_device
 
 from .common import (
+    add_evaluation_arguments,
+    add_training_arguments,
+    check_study_arguments,
     mean_se,
     paired_difference,
     run_study,
     save_figure,
     save_image_panels,
     study_parser,
-    train_or_resume,
+    train_and_score,
+    train_config,
     write_results,
 )
 
@@ -96,16 +100,7 @@ def run_label(z_dim: int) -> str:
 
 def run_config(z_dim: int, args) -> RunConfig:
     """The tutorial's MNIST VAE (section 4.1) with ``z_dim`` latent dimensions."""
-    model = VAEConfig(z_dim=z_dim, hidden_sizes=tuple(args.hidden))
-    train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        objective=args.objective,
-        subset=args.subset,
-    )
-    return RunConfig(model=model, train=train)
+    return RunConfig(model=VAEConfig(z_dim=z_dim, hidden_sizes=tuple(args.hidden)), train=train_config(args))
 
 
 def noticeably_worse(difference: dict[str, float]) -> bool:
@@ -205,25 +200,14 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = study_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--z-dims", type=int, nargs="+", default=list(DEFAULT_Z_DIMS))
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--subset", type=int, default=None, help="train on the first N training images")
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULT_HIDDEN_SIZES))
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--objective", choices=list(OBJECTIVES), default="meanfield")
-    parser.add_argument("--num-samples", "-k", type=int, default=1000, help="K for the IS log p(x)")
-    parser.add_argument("--eval-subset", type=int, default=1000, help="first N test images (0: all)")
+    add_training_arguments(parser, epochs=DEFAULT_EPOCHS, z_dim=False)
+    add_evaluation_arguments(
+        parser, num_samples=1000, eval_subset=1000, num_samples_help="K for the IS log p(x)"
+    )
     args = parser.parse_args(argv)
     if min(args.z_dims) < 1:
         raise ConfigError(f"--z-dims must be positive, got {args.z_dims}")
-    for flag in ("epochs", "num_samples"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {args.lr}")
-    if args.eval_subset < 0:
-        raise ConfigError(f"--eval-subset must be >= 0 (0: all test images), got {args.eval_subset}")
+    check_study_arguments(args)
     z_dims = sorted(set(args.z_dims))
 
     device = resolve_device(args.device)
@@ -235,26 +219,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for z_dim in z_dims:
         label = run_label(z_dim)
         run_dir = out / "runs" / label
-        history = train_or_resume(
+        scored = train_and_score(
             run_config(z_dim, args),
             run_dir,
-            data_dir=args.data_dir,
+            args,
             device=device,
-            progress=not args.no_progress,
             label=label,
-        )
-        eval_started = time.perf_counter()
-        report, summary = evaluate_run(
-            run_dir,
-            num_samples=args.num_samples,
-            subset=eval_subset,
-            batch_size=IS_BATCH_SIZE,
             chunk_size=chunk_size_for(z_dim),
-            data_dir=args.data_dir,
-            device=device,
-            progress=not args.no_progress,
+            batch_size=IS_BATCH_SIZE,
         )
-        config, vae = load_vae_run(run_dir, device=device)
+        config, vae, summary, report = scored.config, scored.vae, scored.summary, scored.report
         (x_all,) = load_eval_data(config, "test", data_dir=args.data_dir, device=device)
         (x_eval,) = load_eval_data(config, "test", subset=eval_subset, data_dir=args.data_dir, device=device)
         activity = latent_statistics(vae, x_all)  # units: over all test images
@@ -273,9 +247,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "kl_of_inactive_units": activity.kl_of_inactive_units(),
                 "ess_fraction": report["ess_fraction"],
                 "khat_over_0_7": report["khat_over_0_7"],
-                "valid_elbo_by_epoch": history.valid_elbo,
-                "train_seconds": float(sum(history.epoch_seconds)),
-                "eval_seconds": time.perf_counter() - eval_started,
+                "valid_elbo_by_epoch": scored.history.valid_elbo,
+                "train_seconds": float(sum(scored.history.epoch_seconds)),
+                "eval_seconds": scored.eval_seconds,
                 "chunk_size": chunk_size_for(z_dim),
                 "run_dir": str(run_dir),
             }

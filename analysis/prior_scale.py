@@ -54,31 +54,28 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from pyro_vae.builders import (
-    DEFAULT_HIDDEN_SIZES,
-    DEFAULT_Z_DIM,
-    OBJECTIVES,
-    RunConfig,
-    TrainConfig,
-    VAEConfig,
-)
+from pyro_vae.builders import RunConfig, VAEConfig
 from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.priors import ScaledNormalPrior
-from pyro_vae.runs import evaluate_run, load_eval_data, load_vae_run
+from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device
 from pyro_vae.vae import VAE
 
 from .common import (
+    add_evaluation_arguments,
+    add_training_arguments,
     check_positive,
+    check_study_arguments,
     mean_se,
     paired_difference,
     run_study,
     save_figure,
     save_image_panels,
     study_parser,
-    train_or_resume,
+    train_and_score,
+    train_config,
     write_results,
 )
 
@@ -248,15 +245,7 @@ def run_config(scale: float, seed: int, args) -> RunConfig:
         prior="standard" if scale == 1.0 else "scaled",
         prior_scale=scale,
     )
-    train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=seed,
-        objective=args.objective,
-        subset=args.subset,
-    )
-    return RunConfig(model=model, train=train)
+    return RunConfig(model=model, train=train_config(args, seed=seed))
 
 
 def plot_exact(path: Path, checks: list[dict[str, Any]]) -> None:
@@ -347,25 +336,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--exact-factors", type=float, nargs="+", default=list(DEFAULT_EXACT_FACTORS))
     parser.add_argument("--exact-images", type=int, default=500, help="test images of the exact check")
     parser.add_argument("--exact-particles", type=int, default=100, help="shared draws per image")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--subset", type=int, default=None, help="train on the first N training images")
-    parser.add_argument("--z-dim", type=int, default=DEFAULT_Z_DIM)
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULT_HIDDEN_SIZES))
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--objective", choices=list(OBJECTIVES), default="meanfield")
-    parser.add_argument("--num-samples", "-k", type=int, default=1000, help="K for the IS log p(x)")
-    parser.add_argument("--eval-subset", type=int, default=2000, help="first N test images (0: all)")
+    add_training_arguments(parser, epochs=DEFAULT_EPOCHS)
+    add_evaluation_arguments(
+        parser, num_samples=1000, eval_subset=2000, num_samples_help="K for the IS log p(x)"
+    )
     args = parser.parse_args(argv)
     check_positive("--lambdas", args.lambdas)
     check_positive("--exact-factors", args.exact_factors)
-    check_positive("--lr", [args.lr])
-    for flag in ("epochs", "num_samples", "z_dim", "exact_images", "exact_particles"):
+    check_study_arguments(args)
+    for flag in ("exact_images", "exact_particles"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.eval_subset < 0:
-        raise ConfigError(f"--eval-subset must be >= 0 (0: all test images), got {args.eval_subset}")
     scales = sorted(set(args.lambdas) | {1.0})  # lambda = 1 is the reference of every comparison
     runs = [(scale, args.seed) for scale in scales] + [(1.0, s) for s in args.control_seeds if s != args.seed]
 
@@ -379,24 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for scale, seed in runs:
         label = run_label(scale, seed)
         run_dir = out / "runs" / label
-        history = train_or_resume(
-            run_config(scale, seed, args),
-            run_dir,
-            data_dir=args.data_dir,
-            device=device,
-            progress=not args.no_progress,
-            label=label,
-        )
-        eval_started = time.perf_counter()
-        report, summary = evaluate_run(
-            run_dir,
-            num_samples=args.num_samples,
-            subset=eval_subset,
-            data_dir=args.data_dir,
-            device=device,
-            progress=not args.no_progress,
-        )
-        config, vae = load_vae_run(run_dir, device=device)
+        scored = train_and_score(run_config(scale, seed, args), run_dir, args, device=device, label=label)
+        config, vae, summary, report = scored.config, scored.vae, scored.summary, scored.report
         (x,) = load_eval_data(config, "test", subset=eval_subset, data_dir=args.data_dir, device=device)
         latents = latent_statistics(vae, x)
         per_image[label] = {"elbo": summary.elbo, "log_likelihood": summary.log_likelihood}
@@ -414,9 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # KL that carries no information: units whose posterior has not (yet) matched the prior
                 "kl_of_inactive_units": latents.kl_of_inactive_units(ACTIVITY_THRESHOLD * scale**2),
                 "khat_over_0_7": report["khat_over_0_7"],
-                "valid_elbo_by_epoch": history.valid_elbo,
-                "train_seconds": float(sum(history.epoch_seconds)),
-                "eval_seconds": time.perf_counter() - eval_started,
+                "valid_elbo_by_epoch": scored.history.valid_elbo,
+                "train_seconds": float(sum(scored.history.epoch_seconds)),
+                "eval_seconds": scored.eval_seconds,
                 "run_dir": str(run_dir),
             }
         )

@@ -50,16 +50,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from pyro_vae.builders import (
-    DEFAULT_HIDDEN_SIZES,
-    DEFAULT_Z_DIM,
-    OBJECTIVES,
-    RunConfig,
-    TrainConfig,
-    VAEConfig,
-)
+from pyro_vae.builders import RunConfig, VAEConfig
 from pyro_vae.data import NUM_PIXELS, NUM_TRAIN, load_mnist
-from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.plotting import image_grid
 from pyro_vae.runs import load_eval_data, load_vae_run
@@ -67,13 +59,17 @@ from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
 from .common import (
+    add_evaluation_arguments,
+    add_training_arguments,
     check_positive,
+    check_study_arguments,
     mean_se,
     paired_difference,
     run_study,
     save_figure,
     save_image_panels,
     study_parser,
+    train_config,
     train_or_resume,
     write_results,
 )
@@ -108,15 +104,7 @@ def run_config(sigma: float | None, args) -> RunConfig:
         likelihood=BERNOULLI if sigma is None else "gaussian",
         sigma=1.0 if sigma is None else sigma,  # unused by the Bernoulli
     )
-    train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        objective=args.objective,
-        subset=args.subset,
-    )
-    return RunConfig(model=model, train=train)
+    return RunConfig(model=model, train=train_config(args))
 
 
 @torch.no_grad()
@@ -300,28 +288,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = study_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS))
     parser.add_argument("--no-bernoulli", action="store_true", help="skip the Bernoulli reference model")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--subset", type=int, default=None, help="train on the first N training images")
-    parser.add_argument("--z-dim", type=int, default=DEFAULT_Z_DIM)
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULT_HIDDEN_SIZES))
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--objective", choices=list(OBJECTIVES), default="meanfield")
-    parser.add_argument("--num-samples", type=int, default=10, help="draws z ~ Q(z|X) per test image")
-    parser.add_argument("--eval-subset", type=int, default=0, help="first N test images (0: all 10,000)")
+    add_training_arguments(parser, epochs=DEFAULT_EPOCHS)
+    add_evaluation_arguments(
+        parser, num_samples=10, eval_subset=0, num_samples_help="draws z ~ Q(z|X) per test image"
+    )
     args = parser.parse_args(argv)
     check_positive("--sigmas", args.sigmas)
-    check_positive("--lr", [args.lr])
-    for flag, value in (
-        ("--epochs", args.epochs),
-        ("--num-samples", args.num_samples),
-        ("--z-dim", args.z_dim),
-    ):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.eval_subset < 0:
-        raise ConfigError(f"--eval-subset must be >= 0 (0: all test images), got {args.eval_subset}")
+    check_study_arguments(args)
     sigmas = sorted(set(args.sigmas))
     models: list[float | None] = [*sigmas, *([] if args.no_bernoulli else [None])]
 
