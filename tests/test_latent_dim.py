@@ -113,7 +113,17 @@ def test_latent_dim_study(tmp_path):
     assert results["claims"]["1000_good"]["confirmed"] is None
 
 
-@pytest.mark.parametrize("flags", [["--z-dims", "0", "2"], ["--epochs", "0"], ["-k", "0"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--z-dims", "0", "2"],
+        ["--epochs", "0"],
+        ["-k", "0"],
+        ["--subset", "0"],
+        ["--batch-size", "0"],
+        ["--lr", "0"],
+    ],
+)
 def test_latent_dim_refuses_bad_input(tmp_path, capsys, flags):
     assert run_study(latent_dim.main, ["--out", str(tmp_path), *flags]) == 2
     assert capsys.readouterr().err.count("\n") == 1
