@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "rate": mean_se(latents.kl_per_datapoint),
                 # Burda's threshold is for a unit-variance prior: scale it by lambda^2 (invariant count).
                 "active_units": latents.num_active(ACTIVITY_THRESHOLD * scale**2),
-                # KL that carries no information: units whose posterior has not (yet) matched the prior
+                # KL of units below the threshold: mostly posteriors that have not matched the prior
                 "kl_of_inactive_units": latents.kl_of_inactive_units(ACTIVITY_THRESHOLD * scale**2),
                 "khat_over_0_7": report["khat_over_0_7"],
                 "valid_elbo_by_epoch": scored.history.valid_elbo,

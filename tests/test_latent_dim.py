@@ -105,7 +105,8 @@ def test_latent_dim_study(tmp_path):
     for row in results["models"]:
         assert 0 <= row["active_units"] <= row["z_dim"]
         assert row["log_likelihood"]["mean"] >= row["elbo"]["mean"]
-        assert 0 <= row["kl_of_inactive_units"] <= row["rate"]["mean"] * 1.5  # rate: 30 of the 10,000 images
+        # both over all 10,000 test images: a part of the units' KL is at most all of it
+        assert 0 <= row["kl_of_inactive_units"] <= row["rate_all_images"] * (1 + 1e-12)
         assert row["chunk_size"] == latent_dim.chunk_size_for(row["z_dim"])
     best = results["claims"]["best_z"]
     assert next(r for r in results["models"] if r["z_dim"] == best)["log_likelihood_minus_best"]["mean"] == 0
