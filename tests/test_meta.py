@@ -38,3 +38,12 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert "pyro-vae train vae" in main_job and "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command.strip() in ci
+
+
+def test_readme_links_to_files_in_the_repository_resolve():
+    # figures and result files quoted by the README must be committed, not left in results/
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(((?!https?://|#)[^)\s]+)\)", readme)
+    assert targets, "the README links its figures"
+    missing = sorted({t for t in targets if not (ROOT / t.split("#")[0]).exists()})
+    assert not missing, f"README links to files that do not exist: {missing}"
