@@ -29,7 +29,7 @@ from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import ImportanceSamplingSummary
 from pyro_vae.plotting import image_grid
-from pyro_vae.runs import evaluate_run, load_vae_run, read_run_config, train_run
+from pyro_vae.runs import load_eval_data, load_vae_run, read_run_config, score_loaded_run, train_run
 from pyro_vae.train import TrainHistory
 from pyro_vae.vae import VAE
 
@@ -183,15 +183,17 @@ def train_or_resume(
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A study's trained run, its importance-sampling evaluation and the model, loaded.
+    """A study's trained run, loaded, and its importance-sampling evaluation.
 
-    ``report`` and ``summary`` are those of :func:`pyro_vae.runs.evaluate_run` (best validation
-    weights); ``eval_seconds`` is the time of that evaluation.
+    ``vae`` holds the best validation weights; ``data`` are the scored test images (the run's
+    fixed binarization of the study's ``--eval-subset``); ``report`` and ``summary`` are those of
+    :func:`pyro_vae.runs.evaluate_run`, and ``eval_seconds`` the time of that evaluation.
     """
 
     history: TrainHistory
     config: RunConfig
     vae: VAE
+    data: tuple[torch.Tensor, ...]
     report: dict[str, Any]
     summary: ImportanceSamplingSummary
     eval_seconds: float
@@ -211,25 +213,23 @@ def train_and_score(
 
     The evaluation uses the study's ``--num-samples`` particles on its ``--eval-subset`` test
     images, with the run's fixed binarization, so every run of a study is scored on the same
-    digits and per-image values can be paired.
+    digits and per-image values can be paired. The run and its data are loaded once, for the
+    evaluation and for the study's own measurements.
     """
     history = train_or_resume(
         config, run_dir, data_dir=args.data_dir, device=device, progress=not args.no_progress, label=label
     )
     started = time.perf_counter()
-    report, summary = evaluate_run(
-        run_dir,
-        num_samples=args.num_samples,
-        subset=args.eval_subset or None,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        data_dir=args.data_dir,
-        device=device,
-        progress=not args.no_progress,
-    )
-    eval_seconds = time.perf_counter() - started
     config, vae = load_vae_run(run_dir, device=device)
-    return ScoredRun(history, config, vae, report, summary, eval_seconds)
+    data = load_eval_data(
+        config, "test", subset=args.eval_subset or None, data_dir=args.data_dir, device=device
+    )
+    report, summary = score_loaded_run(
+        config, vae, data, num_samples=args.num_samples, split="test", weights="best", device=device,
+        batch_size=batch_size, chunk_size=chunk_size, progress=not args.no_progress,
+    )  # fmt: skip
+    eval_seconds = time.perf_counter() - started
+    return ScoredRun(history, config, vae, data, report, summary, eval_seconds)
 
 
 def save_image_panels(

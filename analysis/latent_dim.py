@@ -217,7 +217,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    eval_subset = args.eval_subset or None
     rows, per_image, samples = [], {}, []
     for z_dim in z_dims:
         label = run_label(z_dim)
@@ -232,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             batch_size=IS_BATCH_SIZE,
         )
         config, vae, summary, report = scored.config, scored.vae, scored.summary, scored.report
+        (x_eval,) = scored.data
         (x_all,) = load_eval_data(config, "test", data_dir=args.data_dir, device=device)
-        (x_eval,) = load_eval_data(config, "test", subset=eval_subset, data_dir=args.data_dir, device=device)
         activity = latent_statistics(vae, x_all)  # units: over all test images
         rate = latent_statistics(vae, x_eval).kl_per_datapoint  # per image: the scored images
         per_image[z_dim] = summary.log_likelihood

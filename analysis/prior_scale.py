@@ -354,15 +354,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    eval_subset = args.eval_subset or None
     figure_eps = torch.randn(NUM_FIGURE_SAMPLES, args.z_dim, generator=torch.Generator().manual_seed(0))
     rows, per_image, samples = [], {}, []
     for scale, seed in runs:
         label = run_label(scale, seed)
         run_dir = out / "runs" / label
         scored = train_and_score(run_config(scale, seed, args), run_dir, args, device=device, label=label)
-        config, vae, summary, report = scored.config, scored.vae, scored.summary, scored.report
-        (x,) = load_eval_data(config, "test", subset=eval_subset, data_dir=args.data_dir, device=device)
+        vae, summary, report = scored.vae, scored.summary, scored.report
+        (x,) = scored.data
         latents = latent_statistics(vae, x)
         per_image[label] = {"elbo": summary.elbo, "log_likelihood": summary.log_likelihood}
         rows.append(

@@ -304,6 +304,31 @@ def evaluate_run(
     """
     config, model = load_run(run_dir, device=device, weights=weights)
     data = load_eval_data(config, split, subset=subset, data_dir=data_dir, device=device)
+    return score_loaded_run(
+        config, model, data, num_samples=num_samples, split=split, weights=weights, device=device,
+        batch_size=batch_size, chunk_size=chunk_size, compute_khat=compute_khat, progress=progress,
+    )  # fmt: skip
+
+
+def score_loaded_run(
+    config: RunConfig,
+    model: nn.Module,
+    data: tuple[torch.Tensor, ...],
+    *,
+    num_samples: int,
+    split: str,
+    weights: str,
+    device: torch.device | str,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    compute_khat: bool = True,
+    progress: bool = True,
+) -> tuple[dict, ImportanceSamplingSummary]:
+    """:func:`evaluate_run` for a run already loaded (:func:`load_run`, :func:`load_eval_data`).
+
+    ``split``, ``weights`` and ``device`` say what was loaded where; they go into the report.
+    Seeds the particles with the run's ``eval_seed``, as :func:`evaluate_run` does.
+    """
     seed_everything(config.train.eval_seed)
     started = time.perf_counter()
     summary = evaluate_importance_sampling(
