@@ -1004,7 +1004,7 @@ def _train_and_evaluate(
     progress: bool,
     log,
 ) -> dict[str, Any]:
-    """Train one 1D VAE at ``sigma`` with SVI + Trace_ELBO, then :func:`evaluate_learned_vae`.
+    """Train one 1D VAE at ``sigma`` by SVI with ``Trace_ELBO`` (sampled KL); :func:`evaluate_learned_vae` it.
 
     Two calls of :func:`pyro_vae.train.train`: ``epochs`` at ``lr``, then ``fine_tune_epochs``
     at ``lr * FINE_TUNE_LR_FACTOR`` (a fresh Adam; the second call re-registers the networks'
@@ -1026,6 +1026,7 @@ def _train_and_evaluate(
             batch_size=batch_size,
             lr=stage_lr,
             seed=seed,
+            objective="trace",  # the sampled KL this study's numbers were measured with
             device=device,
             progress=progress,
             log=None,

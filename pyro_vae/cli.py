@@ -13,10 +13,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .builders import CONDITIONAL_PRIORS, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, PRIORS, RunConfig, TrainConfig
+from .builders import (
+    CONDITIONAL_PRIORS,
+    LIKELIHOODS,
+    MODEL_KINDS,
+    OBJECTIVES,
+    PRESETS,
+    PRIORS,
+    RunConfig,
+    TrainConfig,
+)
 from .checkpoint import CHECKPOINT_NAME
 from .data import IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
+from .nets import ACTIVATIONS
+from .schedules import IWAE_SCHEDULE_EPOCHS, LR_SCHEDULES
 
 PROG = "pyro-vae"
 
@@ -31,6 +42,7 @@ MODEL_FLAGS = {
         "prior": "prior",
         "prior_scale": "prior_scale",
         "num_components": "num_components",
+        "activation": "activation",
     },  # fmt: skip
     "cvae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "column": "column", "prior": "prior"},
     "regressor": {"hidden_sizes": "hidden", "column": "column"},
@@ -42,7 +54,10 @@ PRIOR_HELP = {
     "cvae": "standard: P(z|X) = N(0, I) as in the tutorial (default); conditional: a learned P(z|X) "
     "(Sohn et al., 2015)",
 }
-TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "objective", "subset")
+TRAIN_FLAGS = (
+    "epochs", "batch_size", "lr", "seed", "objective", "subset", "num_particles", "lr_schedule",
+    "kl_warmup", "adam_betas", "adam_eps", "patience", "init_output_bias",
+)  # fmt: skip
 DESCRIPTIONS = {
     "vae": "Train a VAE (tutorial section 4.1) on MNIST with SVI.",
     "cvae": "Train the CVAE of sections 3 and 5: complete a digit (the other 27 columns, Y) from its "
@@ -63,6 +78,20 @@ def _non_negative_int(text: str) -> int:
     value = _parse(int, text, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _parse(float, text, "a number")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _adam_beta(text: str) -> float:
+    value = _parse(float, text, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -140,12 +169,19 @@ def _add_train_parser(subparsers, kind: str) -> None:
             type=_column_index,
             help=f"the input column X, 0..{IMAGE_SIDE - 1} (default {MIDDLE_COLUMN})",
         )
-    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
-    p.add_argument(
-        "--objective",
-        choices=list(OBJECTIVES),
-        help="ELBO estimator: trace (default, Trace_ELBO), meanfield (analytic KL), jit-*",
-    )
+    if "activation" in MODEL_FLAGS[kind]:
+        p.add_argument(
+            "--activation", choices=list(ACTIVATIONS), help="hidden-layer nonlinearity (default relu)"
+        )
+    if kind == "vae":
+        p.add_argument(
+            "--preset",
+            choices=list(PRESETS),
+            help="a published recipe; flags given beside it override its values. iwae-1layer: Burda et al. "
+            "(2016), Table 1: 784-200-200-50 tanh, Bernoulli, batch 20, Adam eps 1e-4, the iwae schedule "
+            f"({IWAE_SCHEDULE_EPOCHS} epochs), output bias at the logit of the training mean",
+        )
+    _add_optimization_flags(p)
     p.add_argument("--subset", type=_positive_int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, help=f"default {TrainConfig.seed}")
     _add_device_and_data_flags(p)
@@ -159,6 +195,44 @@ def _add_train_parser(subparsers, kind: str) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
+
+
+def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
+    p.add_argument(
+        "--adam-betas", type=_adam_beta, nargs=2, metavar=("B1", "B2"), help="Adam betas (default 0.9 0.999)"
+    )
+    p.add_argument(
+        "--adam-eps", type=_positive_float, help="Adam epsilon (default 1e-8; the IWAE paper's 1e-4)"
+    )
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        help="meanfield (default): the tutorial's Eq. 10, closed-form KL where the prior allows it; "
+        "trace: sampled KL; iwae: the importance-weighted bound with --num-particles K; iwae-dreg: the "
+        "same with the doubly-reparameterized encoder gradient; jit-*: compiled once",
+    )
+    p.add_argument(
+        "--num-particles", "-k", type=_positive_int,
+        help="K samples per datapoint: the iwae bound's K, else K averaged ELBO samples (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lr-schedule", choices=list(LR_SCHEDULES),
+        help=f"none (default); iwae: stages i=0..7 of 3^i epochs at lr*10^(-i/7) ({IWAE_SCHEDULE_EPOCHS} "
+        "epochs); cosine: decay to 0 over --epochs; plateau: halve after 5 epochs without a better "
+        "validation ELBO",
+    )  # fmt: skip
+    p.add_argument(
+        "--kl-warmup", type=_non_negative_float, metavar="EPOCHS",
+        help="raise the KL weight linearly from 0 to 1 over EPOCHS epochs (default 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--patience", type=_positive_int, help="stop after N epochs without a better validation ELBO"
+    )
+    p.add_argument(
+        "--init-output-bias", action="store_true", default=None,
+        help="start the decoder's output bias at the logit of the mean training image",
+    )  # fmt: skip
 
 
 def _add_device_and_data_flags(p: argparse.ArgumentParser) -> None:
@@ -262,6 +336,9 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         f: getattr(args, dest) for f, dest in MODEL_FLAGS[kind].items() if getattr(args, dest) is not None
     }
     given_train = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    given_model = {**preset.get("model", {}), **given_model}
+    given_train = {**preset.get("train", {}), **given_train}
     if args.resume:
         from .runs import read_run_config
 
@@ -313,7 +390,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ranks = f" x {context.world_size} ranks" if context else ""
         print(
             f"training a {config.kind} on {device}{ranks} into {args.out}: {settings} "
-            f"epochs={config.train.epochs} batch={config.train.batch_size}",
+            f"epochs={config.train.epochs} batch={config.train.batch_size} objective={config.train.objective}"
+            + (f" K={config.train.num_particles}" if config.train.num_particles > 1 else "")
+            + (f" lr_schedule={config.train.lr_schedule}" if config.train.lr_schedule != "none" else ""),
             flush=True,
         )
     try:
@@ -326,6 +405,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             distributed=context,
             progress=not args.no_progress,
         )
+        if context is not None:
+            from .distributed import barrier
+
+            barrier()  # rank 0 writes the figures last: no rank tears the group down before it is done
     finally:
         if context is not None:
             from .distributed import shutdown

@@ -30,6 +30,8 @@ class Likelihood(nn.Module):
     binary_data: bool = False
     #: Support of one data value (one pixel); :meth:`check_data` tests data against it.
     support = constraints.real
+    #: Whether the head's mean is sigmoid(decoder output), so that :meth:`output_bias` exists.
+    sigmoid_mean: bool = False
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -47,6 +49,15 @@ class Likelihood(nn.Module):
     def _data_hint(self) -> str:
         return "choose a likelihood whose support contains the data"
 
+    def output_bias(self, data_mean: torch.Tensor, eps: float = 1e-3) -> torch.Tensor | None:
+        """The decoder output bias at which the head's mean is ``data_mean``: logit(mean), or ``None``.
+
+        Clamped to [eps, 1 - eps]: MNIST's border pixels have mean 0, whose logit is -infinity.
+        """
+        if not self.sigmoid_mean or self.params_per_dim != 1:
+            return None
+        return torch.logit(data_mean.clamp(eps, 1 - eps))
+
 
 class BernoulliLikelihood(Likelihood):
     r"""P(x|z) = prod_i Bernoulli(x_i | sigmoid(f_i(z))), for binary pixels.
@@ -54,6 +65,8 @@ class BernoulliLikelihood(Likelihood):
     Used on dynamically binarized MNIST, where it is a valid likelihood; on grayscale
     intensities it is not (Loaiza-Ganem & Cunningham, 2019), and :meth:`check_data` refuses them.
     """
+
+    sigmoid_mean = True
 
     binary_data = True
     support = constraints.boolean
@@ -77,6 +90,8 @@ class GaussianLikelihood(Likelihood):
     log P(x|z) = -||x - f(z)||^2 / (2 sigma^2) - D log(sqrt(2 pi) sigma).
     """
 
+    sigmoid_mean = True
+
     def __init__(self, sigma: float):
         super().__init__()
         if not sigma > 0:
@@ -98,6 +113,8 @@ class GaussianLearnedLikelihood(Likelihood):
     likelihood of a decoder that predicts them would grow without limit. Learning sigma removes
     the knob of section 2.4.3: the model picks its own reconstruction/KL trade-off.
     """
+
+    sigmoid_mean = True
 
     def __init__(
         self, x_dim: int, *, per_pixel: bool = False, init_sigma: float = 0.1, min_sigma: float = 1e-3
@@ -144,6 +161,8 @@ class LaplaceLikelihood(Likelihood):
 
     log P(x|z) = -||x - f(z)||_1 / b - D log(2 b), ``f(z) = sigmoid(decoder output)``.
     """
+
+    sigmoid_mean = True
 
     def __init__(self, scale: float):
         super().__init__()

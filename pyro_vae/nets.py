@@ -19,21 +19,24 @@ from .likelihoods import Likelihood
 
 #: Smallest standard deviation the encoder can output; keeps log q(z|x) finite in float32.
 MIN_SCALE = 1e-5
+#: Hidden-layer nonlinearities by name: the tutorial's network uses ReLU (section 4.1), the IWAE
+#: paper's tanh (Burda et al., 2016, section 5).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class MLP(nn.Sequential):
-    """Fully connected network ``in_dim -> hidden_sizes... -> out_dim`` with ReLU between layers.
+    """Fully connected network ``in_dim -> hidden_sizes... -> out_dim`` with ``activation`` between layers.
 
     The output layer is linear: heads decide how to constrain it.
     """
 
-    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], out_dim: int):
+    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str = "relu"):
         sizes = [in_dim, *hidden_sizes, out_dim]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
+                layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
 
 
@@ -48,11 +51,11 @@ class GaussianEncoder(nn.Module):
     event shape ``(z_dim,)``.
     """
 
-    def __init__(self, x_dim: int, hidden_sizes: Sequence[int], z_dim: int):
+    def __init__(self, x_dim: int, hidden_sizes: Sequence[int], z_dim: int, activation: str = "relu"):
         super().__init__()
         self.x_dim = x_dim
         self.z_dim = z_dim
-        self.body = MLP(x_dim, hidden_sizes, 2 * z_dim)
+        self.body = MLP(x_dim, hidden_sizes, 2 * z_dim, activation)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         z_loc, raw_scale = self.body(x).split(self.z_dim, dim=-1)
@@ -68,12 +71,34 @@ class Decoder(nn.Module):
     without touching the network, the model or the estimators.
     """
 
-    def __init__(self, z_dim: int, hidden_sizes: Sequence[int], x_dim: int, likelihood: Likelihood):
+    def __init__(
+        self,
+        z_dim: int,
+        hidden_sizes: Sequence[int],
+        x_dim: int,
+        likelihood: Likelihood,
+        activation: str = "relu",
+    ):
         super().__init__()
         self.z_dim = z_dim
         self.x_dim = x_dim
-        self.body = MLP(z_dim, hidden_sizes, x_dim * likelihood.params_per_dim)
+        self.body = MLP(z_dim, hidden_sizes, x_dim * likelihood.params_per_dim, activation)
         self.likelihood = likelihood
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
         return self.likelihood(self.body(z))
+
+    @torch.no_grad()
+    def init_output_bias(self, data_mean: torch.Tensor) -> bool:
+        """Start the output layer's bias where the likelihood's mean equals the data mean.
+
+        With f(z) = sigmoid(output), the bias logit(mean) makes an untrained decoder predict the
+        average image: the first steps then learn structure rather than the pixel marginals (a
+        common trick; e.g. the IWAE paper's reference code). Returns ``False`` (and changes
+        nothing) for likelihoods without such a bias (:meth:`Likelihood.output_bias`).
+        """
+        bias = self.likelihood.output_bias(data_mean)
+        if bias is None:
+            return False
+        self.body[-1].bias.copy_(bias.to(self.body[-1].bias))
+        return True

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pyro
 import torch
 from torch import nn
 
-from .builders import RunConfig, build_model, build_objective
+from .builders import RunConfig, build_model
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from .data import binarize, fixed_binarization, load_mnist, split_column
 from .distributed import DistributedContext
@@ -176,6 +177,11 @@ def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> Run
     saved = read_run_config(out_dir)
     if saved.kind != config.kind:
         raise ConfigError(f"{out_dir} holds a {saved.kind!r} run, not a {config.kind!r} run")
+    if saved.train.lr_schedule == "cosine" and config.train.epochs != saved.train.epochs:
+        raise ConfigError(
+            f"the run in {out_dir} decays its learning rate by a cosine over {saved.train.epochs} epochs; "
+            f"resume it with --epochs {saved.train.epochs}"
+        )
     return replace(saved, train=replace(saved.train, epochs=config.train.epochs))
 
 
@@ -220,18 +226,29 @@ def train_run(
         atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
     seed_everything(config.train.seed)  # the initial weights follow the seed too
     model = build_model(config)
+    if config.train.init_output_bias:
+        init_output_bias(model, config, train_data[0])
+    pyro.clear_param_store()  # a fresh store for this model's pyro.module names (see train())
     history = train(
-        model, train_data, valid_args,
-        epochs=config.train.epochs, batch_size=config.train.batch_size, lr=config.train.lr,
-        seed=config.train.seed, loss=build_objective(config.train.objective),
-        batch_transform=batch_transform, device=device, run_dir=out_dir,
-        config=config.to_dict(), resume=resume, distributed=distributed, progress=progress, log=log,
+        model, train_data, valid_args, config.train, batch_transform=batch_transform, device=device,
+        run_dir=out_dir, config=config.to_dict(), resume=resume, distributed=distributed,
+        clear_param_store=False, progress=progress, log=log,
     )  # fmt: skip
     model.eval()
     if writes_files:
         TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
         save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
     return model, history
+
+
+def init_output_bias(model: nn.Module, config: RunConfig, train_images: torch.Tensor) -> None:
+    """Set a VAE decoder's output bias to the logit of the training images' mean intensity."""
+    decoder = getattr(model, "decoder", None)
+    if config.kind != "vae" or not decoder.init_output_bias(train_images.mean(0)):
+        raise ConfigError(
+            f"--init-output-bias needs a VAE whose likelihood's mean is sigmoid(output); "
+            f"this is a {config.kind} run with likelihood {getattr(config.model, 'likelihood', '?')!r}"
+        )
 
 
 def load_run(

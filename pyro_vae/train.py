@@ -1,26 +1,24 @@
-"""Training: one function that runs SVI on any model/guide pair, with checkpoints and exact resume.
+"""Training: stochastic variational inference on any model/guide pair, with checkpoints and exact resume.
 
-:func:`train` seeds everything and runs stochastic variational inference: at every step the
-objective's ``differentiable_loss(model.model, model.guide, *batch)`` (``Trace_ELBO`` by default,
-the tutorial's one-sample estimator of Eq. 10) is back-propagated and **one** ``torch.optim.Adam``
-over all the model's parameters takes a step. This is ``pyro.infer.SVI`` with ``pyro.optim.Adam``
-without its per-parameter optimizers and per-step host synchronization (the tests check that both
-give the same parameters); it also lets ``DistributedDataParallel`` wrap the loss.
+:func:`train` is SVI: at every step the objective's ``differentiable_loss(model.model,
+model.guide, *batch)`` is back-propagated and **one** ``torch.optim.Adam`` over all the model's
+parameters takes a step (``pyro.infer.SVI`` with ``pyro.optim.Adam``, without its per-parameter
+optimizers and per-step host synchronization; the tests check both take the same steps). The
+default objective is the tutorial's Eq. 10: one reparameterized sample for E_Q[log P(X|z)] and
+the closed-form KL of Eq. 7 (``TraceMeanField_ELBO``); see :data:`pyro_vae.builders.OBJECTIVES`.
 
-Data live on the training device (one permutation per epoch, batches by slicing). The train and
-validation ELBO per datapoint are reported in nats; an atomic checkpoint is written after every
-epoch. Resuming restores the weights, the optimizer moments, the epoch, the history and every
-random number generator, so that on the CPU "2 epochs" and "1 epoch, resume, 1 epoch" end with
-identical parameters.
+The loop reads as the algorithm. Around it are small named pieces: the learning-rate schedule,
+the KL warm-up and early stopping (:mod:`pyro_vae.schedules`), validation (:func:`evaluate_elbo`)
+and the checkpoint (:class:`~pyro_vae.train_state.TrainingState`). Data live on the training
+device (one permutation per epoch, batches by slicing).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +30,30 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
 from . import estimators
-from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
+from .builders import TrainConfig, build_objective
 from .data import minibatch_indices
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .errors import ConfigError, TrainingDivergedError
+from .objectives import describe_objective, kl_forms  # noqa: F401 (kl_forms: re-exported)
+from .schedules import (
+    build_lr_scheduler,
+    kl_warmup,
+    kl_weight,
+    should_stop_early,
+    step_lr_scheduler,
+)
+from .train_state import (  # noqa: F401 (re-exported: the names callers import from here)
+    METRICS_NAME,
+    TrainHistory,
+    TrainingState,
+    resolve_device,
+    rng_state,
+    seed_everything,
+)
 
-METRICS_NAME = "metrics.json"
 #: Steps between host synchronizations (progress bar, NaN check): the loss stays on the device between.
 SYNC_EVERY = 50
 
-#: ELBO classes whose compiled trace fixes the batch size (see :func:`train`'s ``drop_last``).
+#: ELBO classes whose compiled trace fixes the batch size and bakes in every Python-side value.
 JIT_OBJECTIVES = (
     pyro.infer.JitTrace_ELBO,
     pyro.infer.JitTraceMeanField_ELBO,
@@ -48,69 +61,308 @@ JIT_OBJECTIVES = (
 )
 
 
-@dataclass
-class TrainHistory:
-    """Per-epoch numbers of a run, in nats per datapoint (ELBOs) and seconds."""
+def train(
+    model: nn.Module,
+    train_data: Sequence[torch.Tensor],
+    valid_data: Sequence[torch.Tensor],
+    settings: TrainConfig | None = None,
+    *,
+    loss: pyro.infer.ELBO | None = None,
+    batch_transform: Callable[..., tuple[torch.Tensor, ...]] | None = None,
+    device: torch.device | str = "cpu",
+    run_dir: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    resume: bool = False,
+    distributed: dist_utils.DistributedContext | None = None,
+    clear_param_store: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    **overrides: Any,
+) -> TrainHistory:
+    """Train ``model.model`` / ``model.guide`` by SVI with Adam; checkpoint every epoch.
 
-    train_elbo: list[float] = field(default_factory=list)
-    valid_elbo: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
+    Parameters
+    ----------
+    model : nn.Module
+        Has ``model(*batch)`` and ``guide(*batch)`` Pyro programs (e.g. :class:`~pyro_vae.vae.VAE`).
+    train_data, valid_data : sequences of tensors
+        Tensors indexed along dim 0 (e.g. ``(images,)``); a batch is ``tuple(t[idx] ...)``.
+        ``valid_data`` is scored as given, so binarize it once beforehand
+        (:func:`~pyro_vae.data.fixed_binarization`).
+    settings : TrainConfig, optional
+        Epochs (the total: with ``resume`` training continues up to it), batch size (per rank when
+        distributed), Adam's lr/betas/eps, the seed, the objective and its ``num_particles``, the
+        ``lr_schedule``, ``kl_warmup`` epochs and early-stopping ``patience``.
+    loss : pyro.infer.ELBO, optional
+        The objective; default ``build_objective(settings.objective, settings.num_particles)``.
+    batch_transform : callable, optional
+        Applied to every training batch, e.g. dynamic binarization ``lambda x: (binarize(x),)``.
+    device : torch device or ``"auto"``
+        Where the model and data live during training.
+    run_dir : path, optional
+        Folder for ``checkpoint.pt`` and ``metrics.json``, written atomically after every epoch.
+    config : dict, optional
+        JSON-able description of the run, stored in the checkpoint to rebuild the model.
+    resume : bool
+        Continue from ``run_dir/checkpoint.pt`` (weights, optimizer, schedule, history, RNG states).
+    distributed : DistributedContext, optional
+        Data-parallel training on an initialized process group (see :mod:`pyro_vae.distributed`):
+        rank r trains on slice r of every global batch of ``world_size * batch_size``.
+    clear_param_store : bool
+        Empty Pyro's parameter store first (default). The networks enter it under their
+        ``pyro.module`` names, and a stale entry of the same name from an earlier model would
+        stand in for this model's weights in Pyro's own tools; with ``False`` such a clash is an
+        error instead.
+    progress : bool
+        Show a tqdm bar with the running objective (refreshed every :data:`SYNC_EVERY` steps)
+        when the output is a terminal.
+    log : callable, optional
+        Receives one line per epoch; ``None`` for silence.
+    **overrides
+        Fields of ``settings`` given directly, e.g. ``train(..., epochs=5, lr=3e-3)``.
 
-    @property
-    def epochs(self) -> int:
-        return len(self.train_elbo)
+    Returns
+    -------
+    TrainHistory
+        Train objective and validation ELBO per datapoint (nats), seconds and learning rate per epoch.
 
-    @property
-    def best_epoch(self) -> int:
-        """The epoch (1-based) with the highest validation ELBO; 0 before the first epoch."""
-        if not self.valid_elbo:
-            return 0
-        return max(range(len(self.valid_elbo)), key=lambda i: self.valid_elbo[i]) + 1
+    Raises
+    ------
+    TrainingDivergedError
+        The loss became NaN or infinite; the checkpoint of the last finished epoch is kept.
+    """
+    settings = _settings(settings, overrides)
+    device = resolve_device(device)
+    loss = loss if loss is not None else build_objective(settings.objective, settings.num_particles)
+    _check_objective(loss, settings, distributed)
+    drop_last = isinstance(loss, JIT_OBJECTIVES) or distributed is not None
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ConfigError("resume needs the run folder that holds the checkpoint")
+    rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
+    writes_files = run_dir is not None and rank == 0
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
+    train_data = tuple(t.to(device) for t in train_data)
+    valid_data = tuple(t.to(device) for t in valid_data)
+    global_batch = settings.batch_size * world
+    num_train = train_data[0].shape[0]
+    if drop_last and num_train < global_batch:
+        raise ConfigError(f"{num_train} training datapoints do not fill one batch of {global_batch}")
+    num_batches = num_train // global_batch if drop_last else math.ceil(num_train / global_batch)
 
-    def metrics(self) -> dict[str, Any]:
-        """What ``metrics.json`` holds: the per-epoch lists and the best validation epoch."""
-        return {**self.to_dict(), "best_epoch": self.best_epoch}
+    seed_everything(settings.seed + rank)  # each rank draws its own noise; all share the data order
+    model.to(device)
+    if clear_param_store:
+        pyro.clear_param_store()
+    state = _initial_state(model, settings, device)
+    if resume:
+        state.restore(run_dir, rank=rank, world_size=world)
+    if writes_files:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    step_loss_fn = _loss_module(model, loss, distributed, device)
+    if log is not None and rank == 0 and state.history.epochs == 0:
+        batch = tuple(t[:2] for t in train_data)
+        with torch.random.fork_rng(devices=_cuda_devices()):  # leave the training's random stream alone
+            batch = batch_transform(*batch) if batch_transform is not None else batch
+        log(describe_objective(model, loss, batch, settings.objective, settings.kl_warmup))
+
+    first_epoch = state.history.epochs
+    for epoch in range(first_epoch, settings.epochs):
+        if should_stop_early(state.history.valid_elbo, settings.patience):
+            if log is not None and rank == 0:
+                best = f"best {max(state.history.valid_elbo):.2f} at epoch {state.history.best_epoch}"
+                log(f"early stop: no better validation ELBO for {settings.patience} epochs ({best})")
+            break
+        started = time.perf_counter()
+        learning_rate = state.optimizer.param_groups[0]["lr"]
+        train_elbo = run_epoch(
+            step_loss_fn, state, train_data, batch_transform, settings,
+            epoch=epoch, num_batches=num_batches, distributed=distributed,
+            progress=progress and rank == 0, run_dir=run_dir, check_registration=epoch == first_epoch,
+        )  # fmt: skip
+        valid_elbo = evaluate_elbo(model, valid_data, context=distributed)
+        _record_epoch(state.history, train_elbo, valid_elbo, time.perf_counter() - started, learning_rate)
+        step_lr_scheduler(state.scheduler, valid_elbo)
+        state.keep_if_best()
+        _save(state, run_dir, config, distributed, writes_files)
+        if log is not None and rank == 0:
+            log(_epoch_line(state.history, settings.epochs))
+    return state.history
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+def run_epoch(
+    step_loss_fn: Callable[..., torch.Tensor],
+    state: TrainingState,
+    train_data: tuple[torch.Tensor, ...],
+    batch_transform: Callable | None,
+    settings: TrainConfig,
+    *,
+    epoch: int,
+    num_batches: int,
+    distributed: dist_utils.DistributedContext | None = None,
+    progress: bool = True,
+    run_dir: Path | None = None,
+    check_registration: bool = False,
+) -> float:
+    """One pass over the training data: a gradient step per minibatch; the mean objective per datapoint.
+
+    The running loss stays on the device and is read every :data:`SYNC_EVERY` steps, to show
+    progress and to stop on a non-finite value.
+    """
+    rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
+    batch_size = settings.batch_size
+    total_loss = torch.zeros((), device=train_data[0].device)  # summed over this rank's steps
+    seen = 0
+    bar = tqdm(
+        total=num_batches,
+        desc=f"epoch {epoch + 1}/{settings.epochs}",
+        leave=False,
+        unit="batch",
+        disable=None if progress else True,
+    )  # fmt: skip  (None: a bar on terminals only)
+    kept = f"{run_dir} (epoch {state.history.epochs})" if run_dir else "nothing"
+    diverged = (
+        f"the loss became NaN or infinite in epoch {epoch + 1}; the last good checkpoint is kept: "
+        f"{kept}; lower --lr or check the data"
+    )
+    batches = minibatch_indices(
+        train_data[0].shape[0], batch_size * world, generator=state.data_generator, device=total_loss.device
+    )
+    for step, global_idx in zip(range(num_batches), batches):
+        idx = global_idx[rank * batch_size : (rank + 1) * batch_size]
+        batch = tuple(t[idx] for t in train_data)
+        if batch_transform is not None:
+            batch = batch_transform(*batch)
+        try:
+            with kl_warmup(kl_weight(epoch * num_batches + step, num_batches, settings.kl_warmup)):
+                step_loss = step_loss_fn(*batch)
+        except ValueError as error:
+            # With validation on, weights ruined by an earlier non-finite step surface here as
+            # invalid distribution parameters: the loss is only read every SYNC_EVERY steps.
+            if _all_finite(state.model) and math.isfinite(float(total_loss)):
+                raise
+            bar.close()
+            raise TrainingDivergedError(diverged) from error
+        state.optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        state.optimizer.step()
+        total_loss += step_loss.detach() / world  # undo the rank scaling: this rank's batch loss
+        seen += global_idx.shape[0]
+        if step == 0 and check_registration:
+            _check_param_registration(state.model)
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == num_batches:
+            running = _synced_sum(total_loss, distributed)
+            if not math.isfinite(running):
+                bar.close()
+                raise TrainingDivergedError(diverged)
+            bar.set_postfix(elbo=f"{-running / seen:.2f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return -_synced_sum(total_loss, distributed) / max(seen, 1)
+
+
+def evaluate_elbo(
+    model: nn.Module,
+    data: Sequence[torch.Tensor],
+    *,
+    batch_size: int = 1000,
+    num_samples: int = 1,
+    context: dist_utils.DistributedContext | None = None,
+) -> float:
+    """Mean per-datapoint ELBO (nats) of ``model`` on ``data``, estimated with ``num_samples`` particles.
+
+    In a distributed job each rank scores its shard of ``data`` and the sums are all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    num = data[0].shape[0]
+    rank, world = (context.rank, context.world_size) if context else (0, 1)
+    total = torch.zeros((), dtype=torch.float64, device=data[0].device)
+    for start in range(rank * batch_size, num, world * batch_size):
+        batch = tuple(t[start : start + batch_size] for t in data)
+        total += estimators.elbo(model.model, model.guide, *batch, num_samples=num_samples).double().sum()
+    if context is not None:
+        dist_utils.all_reduce_sum(total)
+    model.train(was_training)
+    return float(total) / num
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+
+
+def _settings(settings: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    settings = settings if settings is not None else TrainConfig()
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        return replace(settings, **overrides)
+    except TypeError as error:
+        raise ConfigError(f"train() got an unknown setting ({error})") from None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, Torch's (all devices) and Pyro's generators."""
-    random.seed(seed)
-    pyro.set_rng_seed(seed)  # seeds torch (CPU and CUDA), numpy and random
+def _check_objective(loss, settings: TrainConfig, distributed) -> None:
+    if isinstance(loss, JIT_OBJECTIVES):
+        if distributed is not None:
+            raise ConfigError("JIT objectives cannot be combined with --distributed; use trace or meanfield")
+        if settings.kl_warmup > 0:
+            raise ConfigError(
+                "a JIT objective compiles the KL weight in once; use --objective meanfield with --kl-warmup"
+            )
 
 
-def _rng_state(data_generator: torch.Generator) -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "data": data_generator.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _initial_state(model: nn.Module, settings: TrainConfig, device: torch.device) -> TrainingState:
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps,
+        fused=_fused_adam_available(model, device),
+    )  # fmt: skip
+    scheduler = build_lr_scheduler(settings.lr_schedule, optimizer, epochs=settings.epochs)
+    generator = torch.Generator().manual_seed(settings.seed)
+    return TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, data_generator=generator)
 
 
-def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    data_generator.set_state(state["data"])
-    python_state = state["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _fused_adam_available(model: nn.Module, device: torch.device) -> bool:
+    """Adam's fused kernel (one pass over all parameters; about 2x faster per step on a small net)."""
+    return device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+
+
+def _loss_module(model, loss, distributed, device) -> nn.Module:
+    objective = dist_utils.ObjectiveModule(
+        model, loss, scale=float(distributed.world_size if distributed else 1)
+    )
+    if distributed is None:
+        return objective
+    return torch.nn.parallel.DistributedDataParallel(
+        objective, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _record_epoch(history: TrainHistory, train_elbo, valid_elbo, seconds: float, learning_rate) -> None:
+    history.train_elbo.append(train_elbo)
+    history.valid_elbo.append(valid_elbo)
+    history.epoch_seconds.append(seconds)
+    history.learning_rate.append(learning_rate)
+    if not (math.isfinite(train_elbo) and math.isfinite(valid_elbo)):
+        raise TrainingDivergedError(
+            f"the ELBO is not finite after epoch {history.epochs}; the checkpoint of epoch "
+            f"{history.epochs - 1} is kept; lower --lr or check the data"
+        )
+
+
+def _save(state: TrainingState, run_dir, config, distributed, writes_files: bool) -> None:
+    rank_rng = rng_state(state.data_generator)
+    if distributed is not None:
+        rank_rng = dist_utils.all_gather_objects(rank_rng, distributed)
+    if writes_files:
+        state.save(run_dir, config, rank_rng)
+    if distributed is not None:
+        dist_utils.barrier()  # no rank runs ahead of the checkpoint it may resume from
+
+
+def _epoch_line(history: TrainHistory, epochs: int) -> str:
+    return (
+        f"epoch {history.epochs}/{epochs}  train objective {history.train_elbo[-1]:.2f}  "
+        f"valid ELBO {history.valid_elbo[-1]:.2f} nats/image  lr {history.learning_rate[-1]:.3g}  "
+        f"({history.epoch_seconds[-1]:.1f} s)"
+    )
 
 
 def _check_param_registration(model: nn.Module) -> None:
@@ -131,267 +383,11 @@ def _check_param_registration(model: nn.Module) -> None:
             + (f"not registered with pyro.module: {missing[:5]}; " if missing else "")
             + (
                 f"{len(foreign)} tensors from another model share its pyro.module names; "
-                "give each model its own name"
+                "give each model its own name or clear Pyro's parameter store"
                 if foreign
                 else ""
             )
         )
-
-
-def evaluate_elbo(
-    model: nn.Module,
-    data: Sequence[torch.Tensor],
-    *,
-    batch_size: int = 1000,
-    num_samples: int = 1,
-    context: dist_utils.DistributedContext | None = None,
-) -> float:
-    """Mean per-datapoint ELBO (nats) of ``model`` on ``data``, estimated with ``num_samples`` particles.
-
-    In a distributed job each rank scores its shard of ``data`` and the sums are all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    num = data[0].shape[0]
-    rank, world = (context.rank, context.world_size) if context else (0, 1)
-    shard = range(rank * batch_size, num, world * batch_size)
-    total = torch.zeros((), dtype=torch.float64, device=data[0].device)
-    for start in shard:
-        batch = tuple(t[start : start + batch_size] for t in data)
-        total += estimators.elbo(model.model, model.guide, *batch, num_samples=num_samples).double().sum()
-    if context is not None:
-        dist_utils.all_reduce_sum(total)
-    model.train(was_training)
-    return float(total) / num
-
-
-def train(
-    model: nn.Module,
-    train_data: Sequence[torch.Tensor],
-    valid_data: Sequence[torch.Tensor],
-    *,
-    epochs: int,
-    batch_size: int = 100,
-    lr: float = 1e-3,
-    seed: int = 0,
-    loss: pyro.infer.ELBO | None = None,
-    batch_transform: Callable[..., tuple[torch.Tensor, ...]] | None = None,
-    device: torch.device | str = "cpu",
-    run_dir: str | Path | None = None,
-    config: dict[str, Any] | None = None,
-    resume: bool = False,
-    drop_last: bool | None = None,
-    distributed: dist_utils.DistributedContext | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-) -> TrainHistory:
-    """Train ``model.model`` / ``model.guide`` by SVI with Adam; checkpoint every epoch.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Has ``model(*batch)`` and ``guide(*batch)`` Pyro programs (e.g. :class:`~pyro_vae.vae.VAE`).
-    train_data, valid_data : sequences of tensors
-        Tensors indexed along dim 0 (e.g. ``(images,)``); a batch is ``tuple(t[idx] ...)``.
-        ``valid_data`` is scored as given, so binarize it once beforehand
-        (:func:`~pyro_vae.data.fixed_binarization`).
-    epochs : int
-        Total number of epochs; with ``resume`` training continues up to this number.
-    batch_size, lr, seed
-        Minibatch size (per rank when distributed), Adam learning rate, seed of every generator.
-    loss : pyro.infer.ELBO, optional
-        The objective; default ``Trace_ELBO()``.
-    batch_transform : callable, optional
-        Applied to every training batch, e.g. dynamic binarization ``lambda x: (binarize(x),)``.
-    device : torch device
-        Where the model and data live during training.
-    run_dir : path, optional
-        Folder for ``checkpoint.pt`` and ``metrics.json``, written atomically after every epoch.
-    config : dict, optional
-        JSON-able description of the run, stored in the checkpoint to rebuild the model.
-    resume : bool
-        Continue from ``run_dir/checkpoint.pt`` (weights, optimizer, history and RNG states).
-    drop_last : bool, optional
-        Skip the last, smaller batch of an epoch. Default: only for JIT objectives, whose
-        compiled trace is specialized to one batch size, and always in a distributed job.
-    distributed : DistributedContext, optional
-        Data-parallel training on an initialized process group (see :mod:`pyro_vae.distributed`):
-        rank r trains on slice r of every global batch of ``world_size * batch_size``.
-    progress : bool
-        Show a tqdm bar with the running ELBO (refreshed every :data:`SYNC_EVERY` steps) when the
-        output is a terminal.
-    log : callable, optional
-        Receives one line per epoch; ``None`` for silence.
-
-    Returns
-    -------
-    TrainHistory
-        Train and validation ELBO per datapoint (nats) and seconds, one entry per epoch.
-
-    Raises
-    ------
-    TrainingDivergedError
-        The loss became NaN or infinite; the checkpoint of the last finished epoch is kept.
-
-    Notes
-    -----
-    Pyro's parameter store is cleared first: the networks are registered under the names given to
-    ``pyro.module``, and a stale entry of the same name from an earlier model would otherwise stand
-    in for this model's weights in Pyro's own tools.
-    """
-    if epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {epochs}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    loss = loss if loss is not None else pyro.infer.Trace_ELBO()
-    if drop_last is None:
-        drop_last = isinstance(loss, JIT_OBJECTIVES)
-    if distributed is not None:
-        drop_last = True  # every rank must get a full slice of every global batch
-    if distributed is not None and isinstance(loss, JIT_OBJECTIVES):
-        raise ConfigError("JIT objectives cannot be combined with --distributed; use trace or meanfield")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if resume and run_dir is None:
-        raise ConfigError("resume needs the run folder that holds the checkpoint")
-    rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
-    writes_files = run_dir is not None and rank == 0
-
-    train_data = tuple(t.to(device) for t in train_data)
-    valid_data = tuple(t.to(device) for t in valid_data)
-    num_train = train_data[0].shape[0]
-    global_batch = batch_size * world
-    if drop_last and num_train < global_batch:
-        raise ConfigError(f"{num_train} training datapoints do not fill one batch of {global_batch}")
-
-    # Each rank draws its own noise (binarization, z); all ranks share the data order.
-    seed_everything(seed + rank)
-    model.to(device)
-    pyro.clear_param_store()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    objective = dist_utils.ObjectiveModule(model, loss, scale=float(world))
-    if distributed is not None:
-        step_loss_fn = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    else:
-        step_loss_fn = objective
-    data_generator = torch.Generator().manual_seed(seed)
-    history = TrainHistory()
-    start_epoch = 0
-    best_state: dict[str, torch.Tensor] | None = None  # weights of history.best_epoch
-
-    if resume:
-        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        try:
-            model.load_state_dict(state["model_state"])
-            optimizer.load_state_dict(state["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(
-                f"the checkpoint in {run_dir} does not fit this model and optimizer "
-                f"({str(error).splitlines()[0]})"
-            ) from None
-        model.to(device)
-        history = TrainHistory(**state["history"])
-        best_state = state.get("best_model_state")
-        start_epoch = int(state["epoch"])
-        rank_states = state.get("rank_rng") or [state["rng"]]
-        if len(rank_states) != world:
-            raise CheckpointError(
-                f"the run in {run_dir} was trained on {len(rank_states)} ranks, not {world}"
-            )
-        _set_rng_state(rank_states[rank], data_generator)
-    if writes_files:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    registration_checked = False
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        model.train()
-        total_loss = torch.zeros((), device=device)  # summed over this rank's steps; synced rarely
-        seen = 0
-        num_batches = num_train // global_batch if drop_last else math.ceil(num_train / global_batch)
-        show = None if progress and rank == 0 else True  # None: tqdm shows the bar on terminals only
-        bar = tqdm(
-            total=num_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=show, leave=False, unit="batch"
-        )
-        batches = minibatch_indices(num_train, global_batch, generator=data_generator, device=device)
-        for step, global_idx in enumerate(batches):
-            if step == num_batches:
-                break
-            idx = global_idx[rank * batch_size : (rank + 1) * batch_size]
-            batch = tuple(t[idx] for t in train_data)
-            if batch_transform is not None:
-                batch = batch_transform(*batch)
-            kept = f"{run_dir / CHECKPOINT_NAME} (epoch {history.epochs})" if run_dir else "nothing"
-            diverged = (
-                f"the loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); the last good "
-                f"checkpoint is kept: {kept}; lower --lr or check the data"
-            )
-            try:
-                step_loss = step_loss_fn(*batch)
-            except ValueError as error:
-                # With validation on, weights ruined by an earlier non-finite step surface here as
-                # invalid distribution parameters: the loss is only read every SYNC_EVERY steps.
-                if _all_finite(model) and math.isfinite(float(total_loss)):
-                    raise
-                bar.close()
-                raise TrainingDivergedError(diverged) from error
-            optimizer.zero_grad(set_to_none=True)
-            step_loss.backward()
-            optimizer.step()
-            total_loss += step_loss.detach() / world  # undo the rank scaling: this rank's batch loss
-            seen += global_idx.shape[0]
-            if not registration_checked:
-                _check_param_registration(model)
-                registration_checked = True
-            if (step + 1) % SYNC_EVERY == 0 or step + 1 == num_batches:
-                running = _synced_sum(total_loss, distributed)
-                if not math.isfinite(running):
-                    bar.close()
-                    raise TrainingDivergedError(diverged)
-                bar.set_postfix(elbo=f"{-running / seen:.2f}", refresh=False)
-            bar.update(1)
-        bar.close()
-
-        history.train_elbo.append(-_synced_sum(total_loss, distributed) / max(seen, 1))
-        history.valid_elbo.append(evaluate_elbo(model, valid_data, context=distributed))
-        history.epoch_seconds.append(time.perf_counter() - started)
-        if not all(math.isfinite(v) for v in (history.train_elbo[-1], history.valid_elbo[-1])):
-            raise TrainingDivergedError(
-                f"the ELBO is not finite after epoch {epoch + 1}; the checkpoint of epoch "
-                f"{epoch} is kept; lower --lr or check the data"
-            )
-        if history.best_epoch == epoch + 1:
-            # Model selection on the validation split: keep the best weights beside the last.
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        rank_rng = _rng_state(data_generator)
-        if distributed is not None:
-            rank_rng = dist_utils.all_gather_objects(rank_rng, distributed)
-        if writes_files:
-            save_checkpoint(
-                run_dir / CHECKPOINT_NAME,
-                {
-                    "config": config or {},
-                    "epoch": epoch + 1,
-                    "model_state": model.state_dict(),
-                    "best_model_state": best_state,
-                    "optimizer_state": optimizer.state_dict(),
-                    "rng": rank_rng[0] if distributed is not None else rank_rng,
-                    "rank_rng": rank_rng if distributed is not None else None,
-                    "history": history.to_dict(),
-                },
-            )
-            atomic_write_json(run_dir / METRICS_NAME, history.metrics())
-        if distributed is not None:
-            dist_utils.barrier()  # no rank runs ahead of the checkpoint it may resume from
-        if log is not None and rank == 0:
-            log(
-                f"epoch {epoch + 1}/{epochs}  train ELBO {history.train_elbo[-1]:.2f}  "
-                f"valid ELBO {history.valid_elbo[-1]:.2f} nats/image  "
-                f"({history.epoch_seconds[-1]:.1f} s)"
-            )
-    return history
 
 
 def _all_finite(model: nn.Module) -> bool:

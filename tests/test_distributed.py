@@ -73,8 +73,7 @@ def test_two_ranks_of_batch_b_match_one_process_with_batch_2b(tmp_path):
         batch_size=100,
         lr=1e-2,
         seed=0,
-        batch_transform=transform,
-        drop_last=True,
+        batch_transform=transform,  # 1,000 images: ten full batches, as the ranks take
         progress=False,
         log=None,
     )

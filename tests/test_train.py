@@ -200,7 +200,16 @@ def test_training_loop_takes_the_same_steps_as_pyro_svi(small_train_images):
     torch.manual_seed(0)
     ours = build_vae(TINY)
     train(
-        ours, (images,), (images[:50],), epochs=1, batch_size=100, lr=1e-3, seed=5, progress=False, log=None
+        ours,
+        (images,),
+        (images[:50],),
+        epochs=1,
+        batch_size=100,
+        lr=1e-3,
+        seed=5,
+        objective="trace",
+        progress=False,
+        log=None,
     )
 
     torch.manual_seed(0)
