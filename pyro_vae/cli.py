@@ -17,17 +17,25 @@ from .builders import (
     CONDITIONAL_PRIORS,
     LIKELIHOODS,
     MODEL_KINDS,
-    OBJECTIVES,
     PRESETS,
     PRIORS,
     RunConfig,
     TrainConfig,
 )
 from .checkpoint import CHECKPOINT_NAME
+from .cli_options import (
+    add_device_and_data_flags,
+    add_optimization_flags,
+    add_weights_flag,
+    column_index,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from .data import IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
 from .nets import ACTIVATIONS
-from .schedules import IWAE_SCHEDULE_EPOCHS, LR_SCHEDULES
+from .schedules import IWAE_SCHEDULE_EPOCHS
 
 PROG = "pyro-vae"
 
@@ -67,55 +75,6 @@ DESCRIPTIONS = {
 }
 
 
-def _positive_int(text: str) -> int:
-    value = _parse(int, text, "an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _parse(int, text, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _parse(float, text, "a number")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _adam_beta(text: str) -> float:
-    value = _parse(float, text, "a number")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _parse(float, text, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _column_index(text: str) -> int:
-    value = _parse(int, text, "an integer")
-    if not 0 <= value < IMAGE_SIDE:
-        raise argparse.ArgumentTypeError(f"column index {value} is out of range; choose 0..{IMAGE_SIDE - 1}")
-    return value
-
-
-def _parse(kind, text: str, what: str):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-
-
 def _add_train_parser(subparsers, kind: str) -> None:
     p = subparsers.add_parser(
         kind, help=DESCRIPTIONS[kind].split(":")[0].rstrip("."),
@@ -124,13 +83,13 @@ def _add_train_parser(subparsers, kind: str) -> None:
     )  # fmt: skip
     # Model and training flags default to None so that --resume can tell given flags from
     # defaults; the defaults themselves live in the configuration dataclasses.
-    p.add_argument("--epochs", type=_non_negative_int, help=f"total epochs (default {TrainConfig.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"default {TrainConfig.batch_size}")
+    p.add_argument("--epochs", type=non_negative_int, help=f"total epochs (default {TrainConfig.epochs})")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {TrainConfig.batch_size}")
     if "z_dim" in MODEL_FLAGS[kind]:
-        p.add_argument("--z-dim", type=_positive_int, help="latent dimensions (default 30)")
+        p.add_argument("--z-dim", type=positive_int, help="latent dimensions (default 30)")
     p.add_argument(
         "--hidden",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="H",
         help="encoder hidden sizes; the decoder mirrors them (default 1000 500 250)",
@@ -144,7 +103,7 @@ def _add_train_parser(subparsers, kind: str) -> None:
         )
         p.add_argument(
             "--sigma",
-            type=_positive_float,
+            type=positive_float,
             help="gaussian: the standard deviation; gaussian-learned: its initial value; laplace: the scale "
             "(default 0.1)",
         )
@@ -157,16 +116,16 @@ def _add_train_parser(subparsers, kind: str) -> None:
     if "prior" in MODEL_FLAGS[kind]:
         p.add_argument("--prior", choices=list(PRIOR_CHOICES[kind]), help=PRIOR_HELP[kind])
     if "prior_scale" in MODEL_FLAGS[kind]:
-        p.add_argument("--prior-scale", type=_positive_float, help="lambda of the scaled prior (default 1)")
+        p.add_argument("--prior-scale", type=positive_float, help="lambda of the scaled prior (default 1)")
         p.add_argument(
             "--num-components",
-            type=_positive_int,
+            type=positive_int,
             help="mixture components or VampPrior pseudo-inputs (default 10)",
         )
     if "column" in MODEL_FLAGS[kind]:
         p.add_argument(
             "--column",
-            type=_column_index,
+            type=column_index,
             help=f"the input column X, 0..{IMAGE_SIDE - 1} (default {MIDDLE_COLUMN})",
         )
     if "activation" in MODEL_FLAGS[kind]:
@@ -181,10 +140,10 @@ def _add_train_parser(subparsers, kind: str) -> None:
             "(2016), Table 1: 784-200-200-50 tanh, Bernoulli, batch 20, Adam eps 1e-4, the iwae schedule "
             f"({IWAE_SCHEDULE_EPOCHS} epochs), output bias at the logit of the training mean",
         )
-    _add_optimization_flags(p)
-    p.add_argument("--subset", type=_positive_int, help="train on the first N training images only")
+    add_optimization_flags(p)
+    p.add_argument("--subset", type=positive_int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, help=f"default {TrainConfig.seed}")
-    _add_device_and_data_flags(p)
+    add_device_and_data_flags(p)
     p.add_argument("--out", type=Path, default=Path(f"runs/{kind}"), help=f"run folder (default runs/{kind})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     p.add_argument(
@@ -197,63 +156,6 @@ def _add_train_parser(subparsers, kind: str) -> None:
     p.set_defaults(handler=_cmd_train)
 
 
-def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
-    p.add_argument(
-        "--adam-betas", type=_adam_beta, nargs=2, metavar=("B1", "B2"), help="Adam betas (default 0.9 0.999)"
-    )
-    p.add_argument(
-        "--adam-eps", type=_positive_float, help="Adam epsilon (default 1e-8; the IWAE paper's 1e-4)"
-    )
-    p.add_argument(
-        "--objective",
-        choices=list(OBJECTIVES),
-        help="meanfield (default): the tutorial's Eq. 10, closed-form KL where the prior allows it; "
-        "trace: sampled KL; iwae: the importance-weighted bound with --num-particles K; iwae-dreg: the "
-        "same with the doubly-reparameterized encoder gradient; jit-*: compiled once",
-    )
-    p.add_argument(
-        "--num-particles", "-k", type=_positive_int,
-        help="K samples per datapoint: the iwae bound's K, else K averaged ELBO samples (default 1)",
-    )  # fmt: skip
-    p.add_argument(
-        "--lr-schedule", choices=list(LR_SCHEDULES),
-        help=f"none (default); iwae: stages i=0..7 of 3^i epochs at lr*10^(-i/7) ({IWAE_SCHEDULE_EPOCHS} "
-        "epochs); cosine: decay to 0 over --epochs; plateau: halve after 5 epochs without a better "
-        "validation ELBO",
-    )  # fmt: skip
-    p.add_argument(
-        "--kl-warmup", type=_non_negative_float, metavar="EPOCHS",
-        help="raise the KL weight linearly from 0 to 1 over EPOCHS epochs (default 0: none)",
-    )  # fmt: skip
-    p.add_argument(
-        "--patience", type=_positive_int, help="stop after N epochs without a better validation ELBO"
-    )
-    p.add_argument(
-        "--init-output-bias", action="store_true", default=None,
-        help="start the decoder's output bias at the logit of the mean training image",
-    )  # fmt: skip
-
-
-def _add_device_and_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder holding MNIST/raw/*.gz (default: the repository's data/)",
-    )
-
-
-def _add_weights_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--weights",
-        choices=["best", "last"],
-        default="best",
-        help="best: the epoch with the highest validation ELBO (default); last: the final epoch",
-    )
-
-
 def _add_sample_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sample",
@@ -261,11 +163,11 @@ def _add_sample_parser(subparsers) -> None:
         description="Decode z ~ P(z) with a trained VAE and save the decoder means as a grid.",
     )
     p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train vae'")
-    p.add_argument("--num", type=_positive_int, default=100, help="number of samples (default 100)")
+    p.add_argument("--num", type=positive_int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    _add_weights_flag(p)
+    add_weights_flag(p)
     p.set_defaults(handler=_cmd_sample)
 
 
@@ -278,22 +180,22 @@ def _add_evaluate_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train'")
     p.add_argument(
-        "--num-samples", "-k", type=_positive_int, default=5000, help="K particles per image (default 5000)"
+        "--num-samples", "-k", type=positive_int, default=5000, help="K particles per image (default 5000)"
     )
     p.add_argument("--split", choices=["test", "valid"], default="test")
-    p.add_argument("--subset", type=_positive_int, help="only the first N images of the split")
-    p.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch (default 100)")
+    p.add_argument("--subset", type=positive_int, help="only the first N images of the split")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per batch (default 100)")
     p.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=positive_int,
         help="particles per vectorized pass (default: ~20,000 "
         "particle-image pairs per pass); lower it if memory runs out",
     )
     p.add_argument("--no-khat", action="store_true", help="skip the PSIS k-hat fit")
     p.add_argument("--out", type=Path, help="JSON file (default RUN_DIR/eval.json)")
     p.add_argument("--no-progress", action="store_true")
-    _add_weights_flag(p)
-    _add_device_and_data_flags(p)
+    add_weights_flag(p)
+    add_device_and_data_flags(p)
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -307,13 +209,13 @@ def _add_complete_parser(subparsers) -> None:
         "run_dir", type=Path, help="a run folder written by 'pyro-vae train cvae' or 'train regressor'"
     )
     p.add_argument(
-        "--num-samples", "-s", type=_positive_int, default=5, help="completions per digit (default 5)"
+        "--num-samples", "-s", type=positive_int, default=5, help="completions per digit (default 5)"
     )
-    p.add_argument("--num-digits", type=_positive_int, default=10, help="test digits (default 10)")
+    p.add_argument("--num-digits", type=positive_int, default=10, help="test digits (default 10)")
     p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/completions.png)")
     p.add_argument("--seed", type=int, default=0)
-    _add_weights_flag(p)
-    _add_device_and_data_flags(p)
+    add_weights_flag(p)
+    add_device_and_data_flags(p)
     p.set_defaults(handler=_cmd_complete)
 
 

@@ -30,6 +30,7 @@ import numbers
 
 import pyro.distributions as dist
 import pyro.infer
+import pyro.ops.jit
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -254,6 +255,34 @@ class IWAE_DReG_ELBO(IWAE_ELBO):  # noqa: N801 (Pyro's naming)
             shaped = shaped.reshape(shaped.shape[max(0, shaped.dim() - value.dim()) :])
             value.register_hook(functools.partial(torch.mul, shaped))
         return -log_mean_exp(log_w).sum()
+
+
+class JitIWAE_ELBO(IWAE_ELBO):  # noqa: N801 (Pyro's naming)
+    """:class:`IWAE_ELBO` with its loss compiled once per model/guide pair by ``pyro.ops.jit.trace``.
+
+    The same value and gradient as the eager objective, without Pyro's per-step Python work
+    (tracing, validation, bookkeeping). Like Pyro's ``JitTrace*_ELBO`` classes it needs a static
+    model structure and a fixed batch size (the training loop drops a last, smaller batch), and
+    bakes in every Python-side value at compilation, such as a KL weight. The doubly-reparameterized
+    estimator registers gradient hooks at every call and therefore has no compiled form.
+    """
+
+    def __init__(self, num_particles: int, *, data_plate: str = "data", ignore_jit_warnings: bool = True):
+        super().__init__(num_particles, data_plate=data_plate)
+        self.ignore_jit_warnings = ignore_jit_warnings
+        self._compiled: dict[tuple, object] = {}
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        key = (_callable_key(model), _callable_key(guide))
+        if key not in self._compiled:
+            eager = super().differentiable_loss
+
+            @pyro.ops.jit.trace(ignore_warnings=self.ignore_jit_warnings)
+            def compiled(*args, **kwargs):
+                return eager(model, guide, *args, **kwargs)
+
+            self._compiled[key] = compiled
+        return self._compiled[key](*args, **kwargs)
 
 
 def _is_shape_data(value) -> bool:

@@ -33,7 +33,7 @@ from . import estimators
 from .builders import TrainConfig, build_objective
 from .data import minibatch_indices
 from .errors import ConfigError, TrainingDivergedError
-from .objectives import describe_objective, kl_forms  # noqa: F401 (kl_forms: re-exported)
+from .objectives import JitIWAE_ELBO, describe_objective, kl_forms  # noqa: F401 (kl_forms: re-exported)
 from .schedules import (
     build_lr_scheduler,
     kl_warmup,
@@ -58,6 +58,7 @@ JIT_OBJECTIVES = (
     pyro.infer.JitTrace_ELBO,
     pyro.infer.JitTraceMeanField_ELBO,
     pyro.infer.JitTraceGraph_ELBO,
+    JitIWAE_ELBO,
 )
 
 
