@@ -26,8 +26,9 @@ term (d) that Eq. 18 folds into its constant C. The best Gaussian (here: moment-
 the prior term and leaves sigma^2 3 c^2 = (3/4) (g''/g')^2 sigma^2, the curvature alone.
 
 With ``--learned`` a 1D VAE is trained in Pyro (MLP encoder and decoder, Gaussian likelihood
-with the fixed sigma, SVI + Trace_ELBO) on samples of P_gt, and its gap log P(X) - ELBO on
-held-out X (log P(X) by quadrature over z) is compared with the constructive encoder's.
+with the fixed sigma, SVI on Eq. 10 with the closed-form KL) on samples of P_gt, and its gap
+log P(X) - ELBO on held-out X (log P(X) by quadrature over z) is compared with the constructive
+encoder's.
 
 Outputs in ``--out``: ``zero_error_1d.json`` and
 
@@ -83,8 +84,9 @@ CURVATURE_X_LEVELS = tuple(np.linspace(0.005, 0.995, 121).tolist())
 DEFAULT_NUM_POINTS = 1024
 DEFAULT_LEARNED_SIGMAS = (0.3, 0.1, 0.03)
 #: Training schedule of the learned VAE: LEARNED_EPOCHS at LEARNED_LR, then as many at a tenth of
-#: it. Without the second stage the encoder's mean jitters by more than its sd (~g' sigma) and
-#: the gap at sigma = 0.03 is ~0.9 nats instead of ~0.015 (measured on the default mixture).
+#: it with a fresh Adam. Without the second stage the encoder's mean jitters by more than its sd
+#: (~g' sigma) and the gap at sigma = 0.03 is ~0.9 nats instead of ~0.015 (measured on the default
+#: mixture with the sampled-KL objective and a second stage that replayed the first one's seed).
 LEARNED_EPOCHS = 100
 LEARNED_LR = 3e-3
 FINE_TUNE_LR_FACTOR = 0.1
@@ -1004,18 +1006,22 @@ def _train_and_evaluate(
     progress: bool,
     log,
 ) -> dict[str, Any]:
-    """Train one 1D VAE at ``sigma`` by SVI with ``Trace_ELBO`` (sampled KL); :func:`evaluate_learned_vae` it.
+    """Train one 1D VAE at ``sigma`` by SVI (the default objective, Eq. 10); :func:`evaluate_learned_vae` it.
 
-    Two calls of :func:`pyro_vae.train.train`: ``epochs`` at ``lr``, then ``fine_tune_epochs``
-    at ``lr * FINE_TUNE_LR_FACTOR`` (a fresh Adam; the second call re-registers the networks'
-    current weights with ``pyro.module`` and continues from them).
+    Two stages: ``epochs`` at ``lr``, then ``fine_tune_epochs`` at ``lr * FINE_TUNE_LR_FACTOR``
+    with a *fresh* Adam (an optimizer restart; the second call of :func:`pyro_vae.train.train`
+    re-registers the networks' current weights and continues from them, with its own seed so
+    that it does not replay the first stage's data order and noise). The restart is deliberate:
+    the same decay as one run with ``lr_schedule="step"`` (Adam's moments carried over) ends
+    with a gap of 0.127 nats at sigma = 0.03 instead of 0.005 (measured, default settings).
     """
     as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1)
     seed_everything(seed)
     vae = build_vae_1d(sigma, hidden_sizes, name=f"vae1d_sigma{sigma:g}")
     started = time.perf_counter()
     train_elbo, valid_elbo = [], []
-    for stage_epochs, stage_lr in ((epochs, lr), (fine_tune_epochs, lr * FINE_TUNE_LR_FACTOR)):
+    stages = ((epochs, lr), (fine_tune_epochs, lr * FINE_TUNE_LR_FACTOR))
+    for stage, (stage_epochs, stage_lr) in enumerate(stages):
         if stage_epochs == 0:
             continue
         history = train(
@@ -1025,8 +1031,7 @@ def _train_and_evaluate(
             epochs=stage_epochs,
             batch_size=batch_size,
             lr=stage_lr,
-            seed=seed,
-            objective="trace",  # the sampled KL this study's numbers were measured with
+            seed=seed + stage,
             device=device,
             progress=progress,
             log=None,
@@ -1119,7 +1124,7 @@ def learned_comparison(
             "lr": lr,
             "fine_tune_lr": lr * FINE_TUNE_LR_FACTOR,
             "seed": seed,
-            "objective": "Trace_ELBO",
+            "objective": "meanfield (Eq. 10)",
         },
         "true_decoder": {
             "z": z.tolist(),
@@ -1343,7 +1348,7 @@ def plot_learned_gap(path: Path, learned: dict[str, Any]) -> None:
         marker="o",
         capsize=3,
         color="C3",
-        label="learned VAE (SVI + Trace_ELBO)",
+        label="learned VAE (SVI, Eq. 10)",
     )
     ax.errorbar(
         sigmas,

@@ -260,6 +260,8 @@ class TrainConfig(_Config):
     eval_seed: int = 1234
     num_particles: int = 1  # K of the iwae objectives (or K averaged one-sample ELBOs)
     lr_schedule: str = "none"  # see pyro_vae.schedules
+    lr_milestones: tuple[int, ...] = ()  # the step schedule: epochs at which lr is multiplied by lr_decay
+    lr_decay: float = 0.1
     kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to 1
     adam_betas: tuple[float, ...] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -268,6 +270,7 @@ class TrainConfig(_Config):
 
     def __post_init__(self):
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         checks = [
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -280,6 +283,16 @@ class TrainConfig(_Config):
                 f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}",
             ),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
+            (
+                all(m >= 1 for m in self.lr_milestones)
+                and list(self.lr_milestones) == sorted(self.lr_milestones),
+                f"lr_milestones must be increasing epochs >= 1, got {list(self.lr_milestones)}",
+            ),
+            (
+                self.lr_schedule == "step" or not self.lr_milestones,
+                "lr_milestones belong to the step schedule; add --lr-schedule step",
+            ),
         ]
         for ok, message in checks:
             if not ok:

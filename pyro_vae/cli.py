@@ -64,7 +64,7 @@ PRIOR_HELP = {
 }
 TRAIN_FLAGS = (
     "epochs", "batch_size", "lr", "seed", "objective", "subset", "num_particles", "lr_schedule",
-    "kl_warmup", "adam_betas", "adam_eps", "patience", "init_output_bias",
+    "kl_warmup", "adam_betas", "adam_eps", "patience", "init_output_bias", "lr_milestones", "lr_decay",
 )  # fmt: skip
 DESCRIPTIONS = {
     "vae": "Train a VAE (tutorial section 4.1) on MNIST with SVI.",

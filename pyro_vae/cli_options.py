@@ -87,8 +87,13 @@ def add_optimization_flags(p: argparse.ArgumentParser) -> None:
         "--lr-schedule", choices=list(LR_SCHEDULES),
         help=f"none (default); iwae: stages i=0..7 of 3^i epochs at lr*10^(-i/7) ({IWAE_SCHEDULE_EPOCHS} "
         "epochs); cosine: decay to 0 over --epochs; plateau: halve after 5 epochs without a better "
-        "validation ELBO",
+        "validation ELBO; step: multiply by --lr-decay at --lr-milestones",
     )  # fmt: skip
+    p.add_argument(
+        "--lr-milestones", type=positive_int, nargs="+", metavar="EPOCH",
+        help="the step schedule: epochs after which the rate is multiplied by --lr-decay",
+    )  # fmt: skip
+    p.add_argument("--lr-decay", type=positive_float, help="the step schedule's factor (default 0.1)")
     p.add_argument(
         "--kl-warmup", type=non_negative_float, metavar="EPOCHS",
         help="raise the KL weight linearly from 0 to 1 over EPOCHS epochs (default 0: none)",

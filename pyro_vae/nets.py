@@ -93,9 +93,9 @@ class Decoder(nn.Module):
         """Start the output layer's bias where the likelihood's mean equals the data mean.
 
         With f(z) = sigmoid(output), the bias logit(mean) makes an untrained decoder predict the
-        average image: the first steps then learn structure rather than the pixel marginals (a
-        common trick; e.g. the IWAE paper's reference code). Returns ``False`` (and changes
-        nothing) for likelihoods without such a bias (:meth:`Likelihood.output_bias`).
+        average image, so the first steps learn structure rather than the pixel marginals (a
+        common initialization of sigmoid outputs). Returns ``False`` (and changes nothing) for
+        likelihoods without such a bias (:meth:`Likelihood.output_bias`).
         """
         bias = self.likelihood.output_bias(data_mean)
         if bias is None:

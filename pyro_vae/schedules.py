@@ -13,6 +13,8 @@ Schedules (``--lr-schedule``)
                  Hutter, 2017, without restarts).
     ``plateau``  halve the rate when the validation ELBO has not improved for
                  :data:`PLATEAU_PATIENCE` epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``).
+    ``step``     multiply the rate by ``lr_decay`` at each epoch of ``lr_milestones``
+                 (``torch.optim.lr_scheduler.MultiStepLR``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ IWAE_SCHEDULE_EPOCHS = (3**IWAE_STAGES - 1) // 2
 #: The plateau schedule: halve after this many epochs without a better validation ELBO.
 PLATEAU_PATIENCE = 5
 PLATEAU_FACTOR = 0.5
-LR_SCHEDULES = ("none", "iwae", "cosine", "plateau")
+LR_SCHEDULES = ("none", "iwae", "cosine", "plateau", "step")
 
 
 def iwae_stage(epoch: int) -> int:
@@ -57,11 +59,19 @@ class CosineFactor:
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
 
 
-def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int):
+def build_lr_scheduler(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    milestones: tuple[int, ...] = (),
+    decay: float = 0.1,
+):
     """The ``torch.optim.lr_scheduler`` of a schedule name, stepped once per epoch; ``None`` for ``none``.
 
     ``LambdaLR`` sets the epoch-0 rate on construction; ``plateau`` reads the validation ELBO
-    (mode ``max``) in ``step(valid_elbo)``.
+    (mode ``max``) in ``step(valid_elbo)``; ``step`` uses ``milestones`` (0-based epochs at which
+    the rate is multiplied by ``decay``).
     """
     if name == "none":
         return None
@@ -73,6 +83,8 @@ def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: i
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
         )
+    if name == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=decay)
     raise ValueError(f"unknown learning-rate schedule {name!r}; choose from {', '.join(LR_SCHEDULES)}")
 
 

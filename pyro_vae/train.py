@@ -219,8 +219,8 @@ def run_epoch(
         desc=f"epoch {epoch + 1}/{settings.epochs}",
         leave=False,
         unit="batch",
-        disable=None if progress else True,
-    )  # fmt: skip  (None: a bar on terminals only)
+        disable=None if progress else True,  # None: a bar on terminals only
+    )
     kept = f"{run_dir} (epoch {state.history.epochs})" if run_dir else "nothing"
     diverged = (
         f"the loss became NaN or infinite in epoch {epoch + 1}; the last good checkpoint is kept: "
@@ -315,7 +315,10 @@ def _initial_state(model: nn.Module, settings: TrainConfig, device: torch.device
         model.parameters(), lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps,
         fused=_fused_adam_available(model, device),
     )  # fmt: skip
-    scheduler = build_lr_scheduler(settings.lr_schedule, optimizer, epochs=settings.epochs)
+    scheduler = build_lr_scheduler(
+        settings.lr_schedule, optimizer, epochs=settings.epochs, milestones=settings.lr_milestones,
+        decay=settings.lr_decay,
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(settings.seed)
     return TrainingState(model=model, optimizer=optimizer, scheduler=scheduler, data_generator=generator)
 

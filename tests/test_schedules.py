@@ -66,6 +66,9 @@ def test_training_follows_the_schedule_in_its_history(small_train_images, small_
         vae, small_train_images[:200], small_valid_binary[:50], epochs=5, lr=2e-3, lr_schedule="iwae"
     )
     assert history.learning_rate == pytest.approx([2e-3 * iwae_lr_factor(e) for e in range(5)])
+    step = quiet_train(build_vae(TINY), small_train_images[:200], small_valid_binary[:50], epochs=5, lr=2e-3,
+                       lr_schedule="step", lr_milestones=(2, 4), lr_decay=0.5)  # fmt: skip
+    assert step.learning_rate == pytest.approx([2e-3, 2e-3, 1e-3, 1e-3, 5e-4])
 
 
 def test_kl_weight_scales_exactly_the_kl_term():
@@ -150,6 +153,7 @@ def test_activation_choice():
     [
         {"lr_schedule": "plateau", "kl_warmup": 1.5, "patience": 3},
         {"lr_schedule": "iwae", "objective": "iwae", "num_particles": 3},
+        {"objective": "iwae-dreg", "num_particles": 4, "kl_warmup": 1},
         {"lr_schedule": "cosine", "adam_betas": (0.8, 0.99), "adam_eps": 1e-4},
     ],
 )
@@ -205,11 +209,14 @@ def test_jit_objectives_refuse_kl_warmup(small_train_images, small_valid_binary)
 def test_bad_train_settings_are_refused():
     for bad, match in [
         ({"num_particles": 0}, "num_particles"),
-        ({"lr_schedule": "step"}, "schedule"),
+        ({"lr_schedule": "linear"}, "schedule"),
         ({"adam_betas": (0.9, 1.0)}, "adam_betas"),
         ({"kl_warmup": -1}, "kl_warmup"),
         ({"objective": "elbo"}, "objective"),
         ({"patience": 0}, "patience"),
+        ({"lr_schedule": "step", "lr_milestones": (3, 2)}, "lr_milestones"),
+        ({"lr_milestones": (3,)}, "step schedule"),
+        ({"lr_schedule": "step", "lr_decay": 0}, "lr_decay"),
     ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
@@ -248,7 +255,7 @@ def test_cli_preset_and_recipe_flags(tmp_path, capsys):
         (["--num-particles", "0"], "--num-particles"),
         (["--adam-betas", "0.9", "1.0"], "--adam-betas"),
         (["--kl-warmup", "-1"], "--kl-warmup"),
-        (["--lr-schedule", "step"], "--lr-schedule"),
+        (["--lr-schedule", "linear"], "--lr-schedule"),
         (["--activation", "gelu"], "--activation"),
         (["--objective", "jit-meanfield", "--kl-warmup", "1"], "KL weight"),
     ],
