@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from pyro_vae.builders import PRESETS
 from pyro_vae.cli import main
 from pyro_vae.data import MNIST_FILES, resolve_raw_dir
 
@@ -112,3 +113,42 @@ def test_sample_refuses_a_folder_without_checkpoint(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "vae", "model": {}, "train": {}}))
     assert run_cli("sample", str(tmp_path)) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_cli_preset_and_recipe_flags(tmp_path, capsys):
+    out = tmp_path / "preset"
+    code = run_cli(
+        "train", "vae", "--preset", "iwae-1layer", "--epochs", "2", "--batch-size", "100", "--subset", "300",
+        "--objective", "iwae", "-k", "3", "--kl-warmup", "0.5", "--device", "cpu", "--no-progress",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    preset = PRESETS["iwae-1layer"]
+    assert config["model"]["hidden_sizes"] == [200, 200] and config["model"]["activation"] == "tanh"
+    assert config["model"]["z_dim"] == 50
+    assert config["train"]["lr_schedule"] == "iwae" and config["train"]["adam_eps"] == 1e-4
+    assert config["train"]["init_output_bias"] is preset["train"]["init_output_bias"] is True
+    assert config["train"]["batch_size"] == 100  # the flag beside the preset wins
+    assert config["train"]["num_particles"] == 3 and config["train"]["objective"] == "iwae"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["learning_rate"] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-particles", "0"], "--num-particles"),
+        (["--adam-betas", "0.9", "1.0"], "--adam-betas"),
+        (["--kl-warmup", "-1"], "--kl-warmup"),
+        (["--lr-schedule", "linear"], "--lr-schedule"),
+        (["--activation", "gelu"], "--activation"),
+        (["--objective", "jit-meanfield", "--kl-warmup", "1"], "KL weight"),
+    ],
+)
+def test_cli_bad_recipe_flags_give_one_line(tmp_path, capsys, flags, message):
+    code = run_cli("train", "vae", "--subset", "200", "--epochs", "1", "--hidden", "16", "--device", "cpu",
+                   "--no-progress", "--out", str(tmp_path / "r"), *flags)  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)

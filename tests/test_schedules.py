@@ -1,9 +1,7 @@
 """The recipe's pieces: learning-rate schedules, KL warm-up, early stopping, output-bias start,
-activations, the Eq. 10 default, and exact resume with all of them."""
+activations, the Eq. 10 default, and exact resume with all of them (their flags: test_cli.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pyro
 import pytest
@@ -11,9 +9,8 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_vae import TrainConfig, VAEConfig, build_vae, train
-from pyro_vae.builders import PRESETS, build_objective
+from pyro_vae.builders import build_objective
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli import main
 from pyro_vae.data import binarize
 from pyro_vae.errors import ConfigError
 from pyro_vae.schedules import (
@@ -220,49 +217,3 @@ def test_bad_train_settings_are_refused():
     ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
-
-
-def run_cli(*argv):
-    try:
-        return main(list(argv))
-    except SystemExit as exit_:
-        return exit_.code
-
-
-def test_cli_preset_and_recipe_flags(tmp_path, capsys):
-    out = tmp_path / "preset"
-    code = run_cli(
-        "train", "vae", "--preset", "iwae-1layer", "--epochs", "2", "--batch-size", "100", "--subset", "300",
-        "--objective", "iwae", "-k", "3", "--kl-warmup", "0.5", "--device", "cpu", "--no-progress",
-        "--out", str(out),
-    )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    config = json.loads((out / "config.json").read_text())
-    preset = PRESETS["iwae-1layer"]
-    assert config["model"]["hidden_sizes"] == [200, 200] and config["model"]["activation"] == "tanh"
-    assert config["model"]["z_dim"] == 50
-    assert config["train"]["lr_schedule"] == "iwae" and config["train"]["adam_eps"] == 1e-4
-    assert config["train"]["init_output_bias"] is preset["train"]["init_output_bias"] is True
-    assert config["train"]["batch_size"] == 100  # the flag beside the preset wins
-    assert config["train"]["num_particles"] == 3 and config["train"]["objective"] == "iwae"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["learning_rate"] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--num-particles", "0"], "--num-particles"),
-        (["--adam-betas", "0.9", "1.0"], "--adam-betas"),
-        (["--kl-warmup", "-1"], "--kl-warmup"),
-        (["--lr-schedule", "linear"], "--lr-schedule"),
-        (["--activation", "gelu"], "--activation"),
-        (["--objective", "jit-meanfield", "--kl-warmup", "1"], "KL weight"),
-    ],
-)
-def test_cli_bad_recipe_flags_give_one_line(tmp_path, capsys, flags, message):
-    code = run_cli("train", "vae", "--subset", "200", "--epochs", "1", "--hidden", "16", "--device", "cpu",
-                   "--no-progress", "--out", str(tmp_path / "r"), *flags)  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and "Traceback" not in "\n".join(err)
