@@ -267,6 +267,7 @@ class TrainConfig(_Config):
     adam_eps: float = 1e-8
     patience: int | None = None  # early stopping: epochs without a better validation ELBO
     init_output_bias: bool = False  # decoder output bias = logit of the training mean (Bernoulli)
+    clip_grad_norm: float | None = None  # clip the total gradient norm to this value
 
     def __post_init__(self):
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
@@ -284,6 +285,10 @@ class TrainConfig(_Config):
             ),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
+            (
+                self.clip_grad_norm is None or self.clip_grad_norm > 0,
+                f"clip_grad_norm must be positive, got {self.clip_grad_norm}",
+            ),
             (
                 all(m >= 1 for m in self.lr_milestones)
                 and list(self.lr_milestones) == sorted(self.lr_milestones),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, RunFolderError
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -28,7 +28,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the new one, whole."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one, whole.
+
+    Raises
+    ------
+    RunFolderError
+        If the file cannot be written (a full disk, a read-only folder, a file where the folder
+        should be); the previous file, if any, is left as it was.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -37,6 +44,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        kept = "; the previous version is intact" if path.exists() else ""
+        raise RunFolderError(f"cannot write {path} ({error.strerror or error}){kept}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

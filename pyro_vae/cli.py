@@ -65,6 +65,7 @@ PRIOR_HELP = {
 TRAIN_FLAGS = (
     "epochs", "batch_size", "lr", "seed", "objective", "subset", "num_particles", "lr_schedule",
     "kl_warmup", "adam_betas", "adam_eps", "patience", "init_output_bias", "lr_milestones", "lr_decay",
+    "clip_grad_norm",
 )  # fmt: skip
 DESCRIPTIONS = {
     "vae": "Train a VAE (tutorial section 4.1) on MNIST with SVI.",
@@ -392,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except PyroVAEError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the command writes: a file where a folder should be, a full disk
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"{PROG}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

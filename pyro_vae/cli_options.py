@@ -99,6 +99,10 @@ def add_optimization_flags(p: argparse.ArgumentParser) -> None:
         help="raise the KL weight linearly from 0 to 1 over EPOCHS epochs (default 0: none)",
     )  # fmt: skip
     p.add_argument(
+        "--clip-grad-norm", type=positive_float, metavar="NORM",
+        help="clip the total gradient norm to NORM (default: no clipping)",
+    )  # fmt: skip
+    p.add_argument(
         "--patience", type=positive_int, help="stop after N epochs without a better validation ELBO"
     )
     p.add_argument(

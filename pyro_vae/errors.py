@@ -20,6 +20,10 @@ class CheckpointError(PyroVAEError):
     """A run folder or checkpoint file is missing, unreadable or not from this project."""
 
 
+class RunFolderError(PyroVAEError):
+    """A run folder cannot be written: in use by another process, not a folder, read-only, full."""
+
+
 class TrainingDivergedError(PyroVAEError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

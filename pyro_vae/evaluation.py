@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dist_utils
 from . import estimators
 from .errors import ConfigError
 from .estimators import KHAT_THRESHOLD, ImportanceSamplingSummary
@@ -211,3 +213,29 @@ def latent_statistics(
         kl_per_unit=(kl_sum / count).cpu(),
         kl_per_datapoint=torch.cat(kl_per_datapoint),
     )
+
+
+def evaluate_elbo(
+    model: nn.Module,
+    data: Sequence[torch.Tensor],
+    *,
+    batch_size: int = 1000,
+    num_samples: int = 1,
+    context: dist_utils.DistributedContext | None = None,
+) -> float:
+    """Mean per-datapoint ELBO (nats) of ``model`` on ``data``, estimated with ``num_samples`` particles.
+
+    In a distributed job each rank scores its shard of ``data`` and the sums are all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    num = data[0].shape[0]
+    rank, world = (context.rank, context.world_size) if context else (0, 1)
+    total = torch.zeros((), dtype=torch.float64, device=data[0].device)
+    for start in range(rank * batch_size, num, world * batch_size):
+        batch = tuple(t[start : start + batch_size] for t in data)
+        total += estimators.elbo(model.model, model.guide, *batch, num_samples=num_samples).double().sum()
+    if context is not None:
+        dist_utils.all_reduce_sum(total)
+    model.train(was_training)
+    return float(total) / num

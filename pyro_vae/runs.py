@@ -11,6 +11,7 @@ the other 27 columns Y given one column X (tutorial section 5).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from .errors import CheckpointError, ConfigError
 from .estimators import ImportanceSamplingSummary
 from .evaluation import evaluate_importance_sampling, split_report
 from .plotting import save_completion_figure, save_elbo_curves, save_image_grid
+from .run_folder import run_folder_lock, writing_into
 from .train import TrainHistory, seed_everything, train
 
 CONFIG_NAME = "config.json"
@@ -215,8 +217,20 @@ def train_run(
     """Train the model of ``config`` into ``out_dir`` and write its figures; return model and history.
 
     With ``distributed`` (a ``torchrun`` job) every rank trains its shard and only rank 0 writes.
+    The writing process holds the folder's lock (:func:`~pyro_vae.run_folder.run_folder_lock`)
+    throughout: a second writer is refused with the holder's pid.
     """
-    out_dir = Path(out_dir)
+    writes_files = distributed is None or distributed.is_main
+    with run_folder_lock(out_dir) if writes_files else contextlib.nullcontext():
+        return _train_run_unlocked(
+            config, Path(out_dir), data_dir=data_dir, device=device, resume=resume,
+            distributed=distributed, progress=progress, log=log,
+        )  # fmt: skip
+
+
+def _train_run_unlocked(
+    config: RunConfig, out_dir: Path, *, data_dir, device, resume: bool, distributed, progress: bool, log
+) -> tuple[nn.Module, TrainHistory]:
     config = prepare_run_folder(out_dir, config, resume=resume)
     writes_files = distributed is None or distributed.is_main
     device = torch.device(device)
@@ -236,8 +250,9 @@ def train_run(
     )  # fmt: skip
     model.eval()
     if writes_files:
-        TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
-        save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
+        with writing_into(out_dir):
+            TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
+            save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
     return model, history
 
 

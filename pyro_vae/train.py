@@ -16,6 +16,7 @@ device (one permutation per epoch, batches by slicing).
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,10 +30,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from . import estimators
 from .builders import TrainConfig, build_objective
 from .data import minibatch_indices
+from .divergence import DivergenceGuard
 from .errors import ConfigError, TrainingDivergedError
+from .evaluation import evaluate_elbo
 from .objectives import JitIWAE_ELBO, describe_objective, kl_forms  # noqa: F401 (kl_forms: re-exported)
 from .schedules import (
     build_lr_scheduler,
@@ -150,6 +152,9 @@ def train(
     if drop_last and num_train < global_batch:
         raise ConfigError(f"{num_train} training datapoints do not fill one batch of {global_batch}")
     num_batches = num_train // global_batch if drop_last else math.ceil(num_train / global_batch)
+    if global_batch > num_train and not drop_last and log is not None and rank == 0:
+        log(f"warning: the batch size {global_batch} exceeds the {num_train} training datapoints; "
+            f"every epoch is one step on a batch of {num_train}")  # fmt: skip
 
     seed_everything(settings.seed + rank)  # each rank draws its own noise; all share the data order
     model.to(device)
@@ -160,6 +165,9 @@ def train(
         state.restore(run_dir, rank=rank, world_size=world)
     if writes_files:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if state.history.epochs == 0 and run_dir is not None:
+        # Epoch 0: the initial weights, so that a run diverging in its first epoch keeps a good state.
+        _save(state, run_dir, config, distributed, writes_files)
     step_loss_fn = _loss_module(model, loss, distributed, device)
     if log is not None and rank == 0 and state.history.epochs == 0:
         batch = tuple(t[:2] for t in train_data)
@@ -170,19 +178,25 @@ def train(
     first_epoch = state.history.epochs
     for epoch in range(first_epoch, settings.epochs):
         if should_stop_early(state.history.valid_elbo, settings.patience):
+            best = f"best {max(state.history.valid_elbo):.2f} at epoch {state.history.best_epoch}"
+            detail = f"no better validation ELBO for {settings.patience} epochs ({best})"
+            _record_stop(state, "early stopping", epoch + 1, detail, run_dir if writes_files else None)
             if log is not None and rank == 0:
-                best = f"best {max(state.history.valid_elbo):.2f} at epoch {state.history.best_epoch}"
-                log(f"early stop: no better validation ELBO for {settings.patience} epochs ({best})")
+                log(f"early stop: {detail}")
             break
         started = time.perf_counter()
         learning_rate = state.optimizer.param_groups[0]["lr"]
-        train_elbo = run_epoch(
-            step_loss_fn, state, train_data, batch_transform, settings,
-            epoch=epoch, num_batches=num_batches, distributed=distributed,
-            progress=progress and rank == 0, run_dir=run_dir, check_registration=epoch == first_epoch,
-        )  # fmt: skip
-        valid_elbo = evaluate_elbo(model, valid_data, context=distributed)
-        _record_epoch(state.history, train_elbo, valid_elbo, time.perf_counter() - started, learning_rate)
+        try:
+            train_elbo = run_epoch(
+                step_loss_fn, state, train_data, batch_transform, settings,
+                epoch=epoch, num_batches=num_batches, distributed=distributed,
+                progress=progress and rank == 0, run_dir=run_dir, check_registration=epoch == first_epoch,
+            )  # fmt: skip
+            valid_elbo = evaluate_elbo(model, valid_data, context=distributed)
+            _record_epoch(state.history, train_elbo, valid_elbo, time.perf_counter() - started, learning_rate)
+        except TrainingDivergedError as error:
+            _record_stop(state, "diverged", epoch + 1, str(error), run_dir if writes_files else None)
+            raise
         step_lr_scheduler(state.scheduler, valid_elbo)
         state.keep_if_best()
         _save(state, run_dir, config, distributed, writes_files)
@@ -222,10 +236,14 @@ def run_epoch(
         disable=None if progress else True,  # None: a bar on terminals only
     )
     kept = f"{run_dir} (epoch {state.history.epochs})" if run_dir else "nothing"
-    diverged = (
-        f"the loss became NaN or infinite in epoch {epoch + 1}; the last good checkpoint is kept: "
-        f"{kept}; lower --lr or check the data"
-    )
+
+    def diverged(what: str) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"{what} in epoch {epoch + 1}; training stopped and the last good checkpoint is kept: "
+            f"{kept}; lower --lr, try --clip-grad-norm, or check the data"
+        )
+
+    guard = DivergenceGuard(state.optimizer, settings.clip_grad_norm)
     batches = minibatch_indices(
         train_data[0].shape[0], batch_size * world, generator=state.data_generator, device=total_loss.device
     )
@@ -238,54 +256,40 @@ def run_epoch(
             with kl_warmup(kl_weight(epoch * num_batches + step, num_batches, settings.kl_warmup)):
                 step_loss = step_loss_fn(*batch)
         except ValueError as error:
-            # With validation on, weights ruined by an earlier non-finite step surface here as
-            # invalid distribution parameters: the loss is only read every SYNC_EVERY steps.
-            if _all_finite(state.model) and math.isfinite(float(total_loss)):
-                raise
+            # Pyro's validation refuses a distribution whose parameters the networks computed as
+            # NaN or infinite: weights grown (finitely) out of range. Not on the first step,
+            # where it is a modelling error rather than a divergence.
             bar.close()
-            raise TrainingDivergedError(diverged) from error
+            guard.release()
+            if step == 0 and epoch == 0:
+                raise
+            found = re.search(r"parameter (\w+) .*of distribution (\w+)", str(error).splitlines()[0])
+            where = f" ({found[2]}'s {found[1]})" if found else ""
+            raise diverged(
+                f"a distribution's parameters became NaN or infinite at step {step + 1}{where}"
+            ) from None
         state.optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
+        guard.after_backward(step_loss, step)
+        if not guard.on_device and guard.tripped():
+            bar.close()
+            raise diverged(guard.describe())
         state.optimizer.step()
         total_loss += step_loss.detach() / world  # undo the rank scaling: this rank's batch loss
         seen += global_idx.shape[0]
         if step == 0 and check_registration:
             _check_param_registration(state.model)
         if (step + 1) % SYNC_EVERY == 0 or step + 1 == num_batches:
-            running = _synced_sum(total_loss, distributed)
-            if not math.isfinite(running):
+            if guard.tripped():
                 bar.close()
-                raise TrainingDivergedError(diverged)
+                guard.release()
+                raise diverged(guard.describe())
+            running = _synced_sum(total_loss, distributed)
             bar.set_postfix(elbo=f"{-running / seen:.2f}", refresh=False)
         bar.update(1)
     bar.close()
+    guard.release()
     return -_synced_sum(total_loss, distributed) / max(seen, 1)
-
-
-def evaluate_elbo(
-    model: nn.Module,
-    data: Sequence[torch.Tensor],
-    *,
-    batch_size: int = 1000,
-    num_samples: int = 1,
-    context: dist_utils.DistributedContext | None = None,
-) -> float:
-    """Mean per-datapoint ELBO (nats) of ``model`` on ``data``, estimated with ``num_samples`` particles.
-
-    In a distributed job each rank scores its shard of ``data`` and the sums are all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    num = data[0].shape[0]
-    rank, world = (context.rank, context.world_size) if context else (0, 1)
-    total = torch.zeros((), dtype=torch.float64, device=data[0].device)
-    for start in range(rank * batch_size, num, world * batch_size):
-        batch = tuple(t[start : start + batch_size] for t in data)
-        total += estimators.elbo(model.model, model.guide, *batch, num_samples=num_samples).double().sum()
-    if context is not None:
-        dist_utils.all_reduce_sum(total)
-    model.train(was_training)
-    return float(total) / num
 
 
 def _cuda_devices() -> list[int]:
@@ -351,6 +355,13 @@ def _record_epoch(history: TrainHistory, train_elbo, valid_elbo, seconds: float,
         )
 
 
+def _record_stop(state: TrainingState, reason: str, epoch: int, detail: str, run_dir: Path | None) -> None:
+    """Say in the history (and in ``metrics.json``) why and when training ended early."""
+    state.history.stop = {"reason": reason, "epoch": epoch, "detail": detail}
+    if run_dir is not None:
+        state.save_metrics(run_dir)
+
+
 def _save(state: TrainingState, run_dir, config, distributed, writes_files: bool) -> None:
     rank_rng = rng_state(state.data_generator)
     if distributed is not None:
@@ -392,10 +403,6 @@ def _check_param_registration(model: nn.Module) -> None:
                 else ""
             )
         )
-
-
-def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _synced_sum(value: torch.Tensor, context: dist_utils.DistributedContext | None) -> float:

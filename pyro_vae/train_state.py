@@ -31,6 +31,9 @@ class TrainHistory:
     valid_elbo: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)  # the rate each epoch trained with
+    #: Why training ended before its last epoch: {"reason": "diverged" | "early stopping", "epoch":
+    #: the epoch it happened in (1-based), "detail": one line}; None while it has not.
+    stop: dict[str, Any] | None = None
 
     @property
     def epochs(self) -> int:
@@ -126,6 +129,10 @@ class TrainingState:
     def save(self, run_dir: Path, config: dict[str, Any] | None, rank_rng) -> None:
         """Atomically write ``checkpoint.pt`` and ``metrics.json`` into ``run_dir``."""
         save_checkpoint(run_dir / CHECKPOINT_NAME, self.payload(config, rank_rng))
+        self.save_metrics(run_dir)
+
+    def save_metrics(self, run_dir: Path) -> None:
+        """Atomically write ``metrics.json`` alone (e.g. why training stopped; the checkpoint stays)."""
         atomic_write_json(run_dir / METRICS_NAME, self.history.metrics())
 
     def restore(self, run_dir: Path, *, rank: int, world_size: int) -> None:
