@@ -143,6 +143,8 @@ def test_cli_preset_and_recipe_flags(tmp_path, capsys):
         (["--kl-warmup", "-1"], "--kl-warmup"),
         (["--lr-schedule", "linear"], "--lr-schedule"),
         (["--activation", "gelu"], "--activation"),
+        (["--clip-grad-norm", "0"], "--clip-grad-norm"),
+        (["--lr-milestones", "3"], "step schedule"),
         (["--objective", "jit-meanfield", "--kl-warmup", "1"], "KL weight"),
     ],
 )
