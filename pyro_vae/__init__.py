@@ -1,15 +1,17 @@
 """pyro-vae: the models of Doersch's *Tutorial on Variational Autoencoders* (2016) in Pyro.
 
-The library is organised by job (see DESIGN.md): ``data`` (MNIST), ``nets`` / ``likelihoods`` /
-``priors`` (networks that return distributions), ``vae`` (the model/guide pair), ``estimators``
-(ELBO and importance-sampled log p(x)), ``train`` (SVI with checkpoints), ``runs`` (run folders)
-and ``cli`` (the ``pyro-vae`` command).
+The library is organised by job (the README's "Layout"): ``data`` (MNIST), ``nets`` /
+``likelihoods`` / ``priors`` (networks that return distributions), ``vae`` (the model/guide pair),
+``estimators`` (ELBO and importance-sampled log p(x)), ``objectives`` (Eq. 10, IWAE, DReG),
+``train`` (SVI with checkpoints), ``runs`` (run folders: ``train_run``, ``load_run`` and
+``evaluate_run``, exported here) and ``cli`` (the ``pyro-vae`` command).
 """
 
 from .builders import RunConfig, TrainConfig, VAEConfig, build_vae
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from .nets import MLP, Decoder, GaussianEncoder
 from .priors import StandardNormalPrior
+from .runs import evaluate_run, load_run, train_run
 from .train import TrainHistory, train
 from .vae import VAE
 
@@ -29,5 +31,8 @@ __all__ = [
     "TrainHistory",
     "VAEConfig",
     "build_vae",
+    "evaluate_run",
+    "load_run",
     "train",
+    "train_run",
 ]

@@ -32,7 +32,7 @@ from .estimators import ImportanceSamplingSummary
 from .evaluation import evaluate_importance_sampling, split_report
 from .plotting import save_completion_figure, save_elbo_curves, save_image_grid
 from .run_folder import run_folder_lock, writing_into
-from .train import TrainHistory, seed_everything, train
+from .train import TrainHistory, resolve_device, seed_everything, train
 
 CONFIG_NAME = "config.json"
 NUM_FIGURE_SAMPLES = 100
@@ -233,7 +233,7 @@ def _train_run_unlocked(
 ) -> tuple[nn.Module, TrainHistory]:
     config = prepare_run_folder(out_dir, config, resume=resume)
     writes_files = distributed is None or distributed.is_main
-    device = torch.device(device)
+    device = resolve_device(device)
     train_data, valid_args, batch_transform = load_training_data(config, data_dir=data_dir, device=device)
     if writes_files:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +290,7 @@ def load_run(
         model.load_state_dict(_selected_weights(state, weights)[0])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config ({error})") from None
-    return config, model.to(device).eval()
+    return config, model.to(resolve_device(device)).eval()
 
 
 def _selected_weights(state: dict, weights: str) -> tuple[dict, str]:
@@ -334,6 +334,7 @@ def evaluate_run(
     Works for every kind (for the regressor, which has no latent variable, the estimate is exact
     for any K). Particles are seeded with the run's ``eval_seed``, so repeated evaluations agree.
     """
+    device = resolve_device(device)
     config, model = load_run(run_dir, device=device, weights=weights)
     data = load_eval_data(config, split, subset=subset, data_dir=data_dir, device=device)
     return score_loaded_run(

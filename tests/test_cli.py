@@ -154,3 +154,17 @@ def test_cli_bad_recipe_flags_give_one_line(tmp_path, capsys, flags, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_the_run_api_is_exported_and_takes_device_auto(tmp_path):
+    """A notebook's three calls: train a run folder, reload it, evaluate it, all with device="auto"."""
+    from pyro_vae import RunConfig, TrainConfig, VAEConfig, evaluate_run, load_run, train_run
+
+    config = RunConfig(model=VAEConfig(z_dim=3, hidden_sizes=(16,)), train=TrainConfig(epochs=1, subset=300))
+    train_run(config, tmp_path / "run", device="auto", progress=False, log=None)
+    loaded_config, model = load_run(tmp_path / "run", device="auto")
+    assert loaded_config == config and not model.training
+    report, summary = evaluate_run(tmp_path / "run", num_samples=20, subset=40, device="auto", progress=False)
+    assert report["num_images"] == 40 and report["device"] in ("cpu", "cuda")
+    assert summary.log_likelihood.shape == (40,)
+    assert report["log_likelihood"] == pytest.approx(float(summary.log_likelihood.double().mean()), abs=1e-4)
