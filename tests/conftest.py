@@ -11,11 +11,15 @@ from pyro_vae.data import fixed_binarization, load_mnist
 
 @pytest.fixture(autouse=True)
 def clean_pyro_state():
-    """Every test starts with an empty parameter store, seed 0 and Pyro's validation on."""
+    """Every test starts with an empty parameter store, seed 0, Pyro's validation on and float32
+    as torch's default dtype (restored afterwards, whatever the test set)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     pyro.enable_validation(True)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     yield
+    torch.set_default_dtype(dtype)
     pyro.clear_param_store()
 
 

@@ -20,7 +20,6 @@ from pyro.infer import RenyiELBO
 from pyro_vae import estimators
 from pyro_vae.errors import EstimatorMemoryError, ModelStructureError
 
-torch.set_default_dtype(torch.float32)
 LATENT, OBSERVED, NOISE = 2, 5, 0.5
 
 

@@ -26,7 +26,6 @@ from pyro_vae.likelihoods import (
 from pyro_vae.nets import GaussianEncoder
 from pyro_vae.priors import MixtureOfGaussiansPrior, ScaledNormalPrior, StandardNormalPrior, VampPrior
 
-torch.set_default_dtype(torch.float32)
 D = 6
 
 
