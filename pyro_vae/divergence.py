@@ -43,8 +43,12 @@ class DivergenceGuard:
         """Check (and clip) the gradients of ``step``; arm the skip when anything is not finite."""
         grads = [p.grad for p in self.params if p.grad is not None]
         loss = loss.detach().reshape(1).clone()  # checked with the gradients, never changed in place
-        # Sets found_inf to 1 if any value is NaN or infinite (and multiplies them all by 1).
-        torch._amp_foreach_non_finite_check_and_unscale_([*grads, loss], self._found_inf, self._one)
+        try:
+            # Sets found_inf to 1 if any value is NaN or infinite (and multiplies them all by 1).
+            torch._amp_foreach_non_finite_check_and_unscale_([*grads, loss], self._found_inf, self._one)
+        except (RuntimeError, NotImplementedError):  # a device without GradScaler's kernel
+            norms = torch.stack([torch.linalg.vector_norm(t) for t in (*grads, loss)])
+            self._found_inf = torch.maximum(self._found_inf, (~torch.isfinite(norms).all()).float())
         self._loss_bad.logical_or_(~torch.isfinite(loss[0]))
         self._first_bad_step = torch.where(
             (self._found_inf > 0) & (self._first_bad_step < 0), step, self._first_bad_step

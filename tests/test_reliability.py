@@ -252,3 +252,22 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert a["epoch"] == b["epoch"] == 5
     for name in a["model_state"]:
         assert torch.equal(a["model_state"][name], b["model_state"][name]), name
+
+
+def test_the_guard_checks_on_the_host_for_optimizers_without_the_fused_kernel():
+    """Plain (foreach) Adam cannot skip an update on the device: the guard says so (on_device is
+    False, and the loop then checks after every step), and still names the bad step."""
+    vae = build_vae(TINY)
+    guard = DivergenceGuard(torch.optim.Adam(vae.parameters(), foreach=True))
+    assert not guard.on_device
+    x = binarize(torch.rand(8, 784), torch.Generator().manual_seed(0))
+    for step, poison in enumerate([False, False, True]):
+        vae.zero_grad()
+        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        if poison:
+            vae.encoder.body[0].bias.grad[0] = float("inf")
+        guard.after_backward(loss, step)
+        assert guard.tripped() is poison
+    assert guard.describe() == "the gradient became NaN or infinite at step 3"
+    assert not hasattr(guard.optimizer, "found_inf")
