@@ -148,6 +148,9 @@ def _add_train_parser(subparsers, kind: str) -> None:
     p.add_argument("--out", type=Path, default=Path(f"runs/{kind}"), help=f"run folder (default runs/{kind})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (its run files are deleted first)"
+    )
+    p.add_argument(
         "--distributed",
         action="store_true",
         help="data-parallel training on torch.distributed; launch with 'torchrun --nproc_per_node N "
@@ -305,6 +308,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             device=device,
             resume=args.resume,
+            overwrite=args.overwrite,
             distributed=context,
             progress=not args.no_progress,
         )

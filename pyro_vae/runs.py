@@ -32,7 +32,7 @@ from .estimators import ImportanceSamplingSummary
 from .evaluation import evaluate_importance_sampling, split_report
 from .plotting import save_completion_figure, save_elbo_curves, save_image_grid
 from .run_folder import run_folder_lock, writing_into
-from .train import TrainHistory, resolve_device, seed_everything, train
+from .train import METRICS_NAME, TrainHistory, resolve_device, seed_everything, train
 
 CONFIG_NAME = "config.json"
 NUM_FIGURE_SAMPLES = 100
@@ -171,7 +171,8 @@ def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> Run
     if not resume:
         if checkpoint.exists():
             raise ConfigError(
-                f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+                f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --out"
             )
         return config
     if not checkpoint.exists():
@@ -210,18 +211,25 @@ def train_run(
     data_dir=None,
     device: torch.device | str = "cpu",
     resume: bool = False,
+    overwrite: bool = False,
     distributed: DistributedContext | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> tuple[nn.Module, TrainHistory]:
     """Train the model of ``config`` into ``out_dir`` and write its figures; return model and history.
 
-    With ``distributed`` (a ``torchrun`` job) every rank trains its shard and only rank 0 writes.
+    A folder that already holds a run is refused unless ``resume`` (continue it) or
+    ``overwrite`` (delete its run files first: what re-running a notebook cell wants). With
+    ``distributed`` (a ``torchrun`` job) every rank trains its shard and only rank 0 writes.
     The writing process holds the folder's lock (:func:`~pyro_vae.run_folder.run_folder_lock`)
     throughout: a second writer is refused with the holder's pid.
     """
+    if resume and overwrite:
+        raise ConfigError("resume continues a run and overwrite replaces it; choose one")
     writes_files = distributed is None or distributed.is_main
     with run_folder_lock(out_dir) if writes_files else contextlib.nullcontext():
+        if overwrite and writes_files:
+            remove_run_files(Path(out_dir))
         return _train_run_unlocked(
             config, Path(out_dir), data_dir=data_dir, device=device, resume=resume,
             distributed=distributed, progress=progress, log=log,
@@ -254,6 +262,18 @@ def _train_run_unlocked(
             TASKS[config.kind].write_figures(model, config, out_dir, valid_args)
             save_elbo_curves(out_dir / "elbo.png", history.train_elbo, history.valid_elbo)
     return model, history
+
+
+#: The files a training run writes into its folder (what ``overwrite`` removes; nothing else is).
+RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME, "eval.json", "samples.png", "reconstructions.png",
+             "elbo.png")  # fmt: skip
+
+
+def remove_run_files(out_dir: Path) -> None:
+    """Delete the files a run wrote into ``out_dir`` (other files stay)."""
+    with writing_into(out_dir):
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def init_output_bias(model: nn.Module, config: RunConfig, train_images: torch.Tensor) -> None:

@@ -168,3 +168,23 @@ def test_the_run_api_is_exported_and_takes_device_auto(tmp_path):
     assert report["num_images"] == 40 and report["device"] in ("cpu", "cuda")
     assert summary.log_likelihood.shape == (40,)
     assert report["log_likelihood"] == pytest.approx(float(summary.log_likelihood.double().mean()), abs=1e-4)
+
+
+def test_overwrite_replaces_a_run_and_keeps_other_files(tmp_path, capsys):
+    """Re-running a notebook cell: overwrite=True deletes the run's own files first, nothing else."""
+    from pyro_vae import RunConfig, TrainConfig, VAEConfig, train_run
+    from pyro_vae.errors import ConfigError
+
+    out = tmp_path / "run"
+    config = RunConfig(model=VAEConfig(z_dim=3, hidden_sizes=(16,)), train=TrainConfig(epochs=2, subset=300))
+    train_run(config, out, progress=False, log=None)
+    (out / "notes.txt").write_text("mine")
+    shorter = RunConfig(model=config.model, train=TrainConfig(epochs=1, subset=300))
+    _, history = train_run(shorter, out, overwrite=True, progress=False, log=None)
+    assert history.epochs == 1 and len(json.loads((out / "metrics.json").read_text())["valid_elbo"]) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="choose one"):
+        train_run(shorter, out, overwrite=True, resume=True, progress=False, log=None)
+    assert run_cli("train", "vae", *SMALL_FLAGS, "--epochs", "1", "--out", str(out)) == 2
+    assert "--overwrite to replace it" in capsys.readouterr().err
+    assert run_cli("train", "vae", *SMALL_FLAGS, "--epochs", "1", "--out", str(out), "--overwrite") == 0
