@@ -32,7 +32,7 @@ from .cli_options import (
     positive_float,
     positive_int,
 )
-from .data import IMAGE_SIDE, MIDDLE_COLUMN
+from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
 from .nets import ACTIVATIONS
 from .schedules import IWAE_SCHEDULE_EPOCHS
@@ -65,7 +65,7 @@ PRIOR_HELP = {
 TRAIN_FLAGS = (
     "epochs", "batch_size", "lr", "seed", "objective", "subset", "num_particles", "lr_schedule",
     "kl_warmup", "adam_betas", "adam_eps", "patience", "init_output_bias", "lr_milestones", "lr_decay",
-    "clip_grad_norm",
+    "clip_grad_norm", "data_split",
 )  # fmt: skip
 DESCRIPTIONS = {
     "vae": "Train a VAE (tutorial section 4.1) on MNIST with SVI.",
@@ -143,6 +143,11 @@ def _add_train_parser(subparsers, kind: str) -> None:
         )
     add_optimization_flags(p)
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only")
+    p.add_argument(
+        "--data-split", choices=list(DATA_SPLITS),
+        help="standard: 50,000 training / 10,000 validation images (default); iwae: 59,600 / the last 400 "
+        "(Burda et al., 2016)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, help=f"default {TrainConfig.seed}")
     add_device_and_data_flags(p)
     p.add_argument("--out", type=Path, default=Path(f"runs/{kind}"), help=f"run folder (default runs/{kind})")

@@ -139,7 +139,9 @@ def load_training_data(config: RunConfig, *, data_dir=None, device: torch.device
     """
     task = TASKS[config.kind]
     likelihood = build_model(config).likelihood
-    train_images = load_mnist("train", data_dir, subset=config.train.subset, device=device).images
+    train_images = load_mnist(
+        "train", data_dir, subset=config.train.subset, device=device, data_split=config.train.data_split
+    ).images
     valid_args = load_eval_data(config, "valid", data_dir=data_dir, device=device)
     transform = task.batch_transform(config, likelihood)
     likelihood.check_data(transform(train_images[:100])[-1])
@@ -156,7 +158,9 @@ def load_eval_data(
     sees the same binary digits. The CVAE's column input is always binarized (the task of section
     5); its targets only for a binary likelihood.
     """
-    images = load_mnist(split, data_dir, subset=subset, device=device).images
+    images = load_mnist(
+        split, data_dir, subset=subset, device=device, data_split=config.train.data_split
+    ).images
     binary = fixed_binarization(images, config.train.eval_seed)
     return TASKS[config.kind].eval_arguments(config, images, binary, build_model(config).likelihood)
 

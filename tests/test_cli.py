@@ -131,6 +131,10 @@ def test_cli_preset_and_recipe_flags(tmp_path, capsys):
     assert config["train"]["init_output_bias"] is preset["train"]["init_output_bias"] is True
     assert config["train"]["batch_size"] == 100  # the flag beside the preset wins
     assert config["train"]["num_particles"] == 3 and config["train"]["objective"] == "iwae"
+    assert config["train"]["data_split"] == "iwae"  # 59,600 training images, the last 400 validate
+    from pyro_vae.runs import load_eval_data, read_run_config
+
+    assert load_eval_data(read_run_config(out), "valid")[0].shape[0] == 400
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["learning_rate"] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
 

@@ -127,3 +127,18 @@ def test_minibatches_cover_each_index_once_and_follow_the_seed():
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
     ordered = torch.cat(list(minibatch_indices(10, 4, shuffle=False)))
     assert ordered.tolist() == list(range(10))
+
+
+def test_the_iwae_division_keeps_the_last_400_training_images_for_validation():
+    """Burda et al. (2016): 60,000 training images less 400 for validation; the test split is unchanged."""
+    from pyro_vae.data import DATA_SPLITS, load_mnist
+
+    assert DATA_SPLITS == {"standard": 50_000, "iwae": 59_600}
+    train, valid = (load_mnist(s, data_split="iwae").images for s in ("train", "valid"))
+    standard_train, standard_valid = (load_mnist(s).images for s in ("train", "valid"))
+    assert train.shape[0] == 59_600 and valid.shape[0] == 400
+    everything = torch.cat([standard_train, standard_valid])
+    assert torch.equal(torch.cat([train, valid]), everything)
+    assert torch.equal(load_mnist("test", data_split="iwae").images, load_mnist("test").images)
+    with pytest.raises(DataError, match="unknown data split"):
+        load_mnist("train", data_split="half")
