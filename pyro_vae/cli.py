@@ -31,11 +31,13 @@ from .cli_options import (
     non_negative_int,
     positive_float,
     positive_int,
+    snapshot_spec,
 )
 from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
 from .nets import ACTIVATIONS
 from .schedules import IWAE_SCHEDULE_EPOCHS
+from .train_state import log_spaced_epochs
 
 PROG = "pyro-vae"
 
@@ -161,6 +163,11 @@ def _add_train_parser(subparsers, kind: str) -> None:
         help="data-parallel training on torch.distributed; launch with 'torchrun --nproc_per_node N "
         "-m pyro_vae.cli train ...' (gloo on CPU, nccl on CUDA; --batch-size is per rank)",
     )
+    p.add_argument(
+        "--snapshots", type=snapshot_spec, default=(), metavar="EPOCHS",
+        help="also keep the weights of these epochs in --out/snapshots/ (for learning curves of log p-hat): "
+        "'log' (1, 2, 5, 10, 20, 50, ... and the last) or a comma list; not part of the run's settings",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
 
@@ -315,6 +322,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             distributed=context,
+            snapshot_epochs=(
+                log_spaced_epochs(config.train.epochs) if args.snapshots == "log" else args.snapshots
+            ),
             progress=not args.no_progress,
         )
         if context is not None:

@@ -56,6 +56,16 @@ def column_index(text: str) -> int:
     return value
 
 
+def snapshot_spec(text: str) -> str | tuple[int, ...]:
+    """``log`` (1, 2, 5, 10, 20, 50, ... and the last epoch) or a comma list of epochs."""
+    if text == "log":
+        return text
+    epochs = tuple(positive_int(part) for part in text.split(",") if part.strip())
+    if not epochs:
+        raise argparse.ArgumentTypeError(f"must be 'log' or a comma list of epochs, got {text!r}")
+    return epochs
+
+
 def _parse(kind, text: str, what: str):
     try:
         return kind(text)

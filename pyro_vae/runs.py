@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .evaluation import evaluate_importance_sampling, split_report
 from .plotting import save_completion_figure, save_elbo_curves, save_image_grid
 from .run_folder import run_folder_lock, writing_into
 from .train import METRICS_NAME, TrainHistory, resolve_device, seed_everything, train
+from .train_state import list_snapshots
 
 CONFIG_NAME = "config.json"
 NUM_FIGURE_SAMPLES = 100
@@ -217,6 +218,7 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
     distributed: DistributedContext | None = None,
+    snapshot_epochs: Collection[int] = (),
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> tuple[nn.Module, TrainHistory]:
@@ -226,7 +228,8 @@ def train_run(
     ``overwrite`` (delete its run files first: what re-running a notebook cell wants). With
     ``distributed`` (a ``torchrun`` job) every rank trains its shard and only rank 0 writes.
     The writing process holds the folder's lock (:func:`~pyro_vae.run_folder.run_folder_lock`)
-    throughout: a second writer is refused with the holder's pid.
+    throughout: a second writer is refused with the holder's pid. ``snapshot_epochs``: see
+    :func:`~pyro_vae.train.train`.
     """
     if resume and overwrite:
         raise ConfigError("resume continues a run and overwrite replaces it; choose one")
@@ -236,13 +239,14 @@ def train_run(
             remove_run_files(Path(out_dir))
         return _train_run_unlocked(
             config, Path(out_dir), data_dir=data_dir, device=device, resume=resume,
-            distributed=distributed, progress=progress, log=log,
+            distributed=distributed, snapshot_epochs=snapshot_epochs, progress=progress, log=log,
         )  # fmt: skip
 
 
 def _train_run_unlocked(
-    config: RunConfig, out_dir: Path, *, data_dir, device, resume: bool, distributed, progress: bool, log
-) -> tuple[nn.Module, TrainHistory]:
+    config: RunConfig, out_dir: Path, *, data_dir, device, resume: bool, distributed, snapshot_epochs,
+    progress: bool, log,
+) -> tuple[nn.Module, TrainHistory]:  # fmt: skip
     config = prepare_run_folder(out_dir, config, resume=resume)
     writes_files = distributed is None or distributed.is_main
     device = resolve_device(device)
@@ -258,7 +262,7 @@ def _train_run_unlocked(
     history = train(
         model, train_data, valid_args, config.train, batch_transform=batch_transform, device=device,
         run_dir=out_dir, config=config.to_dict(), resume=resume, distributed=distributed,
-        clear_param_store=False, progress=progress, log=log,
+        clear_param_store=False, snapshot_epochs=snapshot_epochs, progress=progress, log=log,
     )  # fmt: skip
     model.eval()
     if writes_files:
@@ -278,6 +282,8 @@ def remove_run_files(out_dir: Path) -> None:
     with writing_into(out_dir):
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
+        for _, path in list_snapshots(out_dir):
+            path.unlink()
 
 
 def init_output_bias(model: nn.Module, config: RunConfig, train_images: torch.Tensor) -> None:

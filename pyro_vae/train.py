@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ def train(
     resume: bool = False,
     distributed: dist_utils.DistributedContext | None = None,
     clear_param_store: bool = True,
+    snapshot_epochs: Collection[int] = (),
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     **overrides: Any,
@@ -116,6 +117,10 @@ def train(
         ``pyro.module`` names, and a stale entry of the same name from an earlier model would
         stand in for this model's weights in Pyro's own tools; with ``False`` such a clash is an
         error instead.
+    snapshot_epochs : collection of int
+        Epochs (1-based) after which the weights are also kept in ``run_dir/snapshots/``
+        (:meth:`TrainingState.save_snapshot`): the points of a learning curve measured later
+        with a costlier estimator than the per-epoch validation ELBO. They do not change training.
     progress : bool
         Show a tqdm bar with the running objective (refreshed every :data:`SYNC_EVERY` steps)
         when the output is a terminal.
@@ -200,6 +205,8 @@ def train(
         step_lr_scheduler(state.scheduler, valid_elbo)
         state.keep_if_best()
         _save(state, run_dir, config, distributed, writes_files)
+        if writes_files and state.history.epochs in snapshot_epochs:
+            state.save_snapshot(run_dir)
         if log is not None and rank == 0:
             log(_epoch_line(state.history, settings.epochs))
     return state.history

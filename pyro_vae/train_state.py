@@ -21,6 +21,8 @@ from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, sav
 from .errors import CheckpointError, ConfigError
 
 METRICS_NAME = "metrics.json"
+#: Folder of a run that holds the weights of chosen epochs (``train(..., snapshot_epochs=...)``).
+SNAPSHOTS_NAME = "snapshots"
 
 
 @dataclass
@@ -131,6 +133,18 @@ class TrainingState:
         save_checkpoint(run_dir / CHECKPOINT_NAME, self.payload(config, rank_rng))
         self.save_metrics(run_dir)
 
+    def save_snapshot(self, run_dir: Path) -> Path:
+        """Atomically write this epoch's weights to ``run_dir/snapshots/epoch-NNNNN.pt``.
+
+        A snapshot holds the weights only (no optimizer, no generators): it is for measuring the
+        model along its training (for example log p-hat against epochs), not for resuming it.
+        """
+        folder = run_dir / SNAPSHOTS_NAME
+        folder.mkdir(exist_ok=True)
+        path = folder / f"epoch-{self.history.epochs:05d}.pt"
+        save_checkpoint(path, {"snapshot_epoch": self.history.epochs, "model_state": self.model.state_dict()})
+        return path
+
     def save_metrics(self, run_dir: Path) -> None:
         """Atomically write ``metrics.json`` alone (e.g. why training stopped; the checkpoint stays)."""
         atomic_write_json(run_dir / METRICS_NAME, self.history.metrics())
@@ -156,3 +170,33 @@ class TrainingState:
                 f"the run in {run_dir} was trained on {len(rank_states)} ranks, not {world_size}"
             )
         set_rng_state(rank_states[rank], self.data_generator)
+
+
+def log_spaced_epochs(epochs: int) -> list[int]:
+    """Epochs 1, 2, 5, 10, 20, 50, ... up to ``epochs``, and ``epochs`` itself: snapshot points
+    that are even on the logarithmic epoch axis a learning curve is read on."""
+    points, decade = {epochs} if epochs > 0 else set(), 1
+    while decade <= epochs:
+        points.update(m * decade for m in (1, 2, 5) if m * decade <= epochs)
+        decade *= 10
+    return sorted(points)
+
+
+def list_snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every snapshot a run folder holds, by epoch."""
+    folder = Path(run_dir) / SNAPSHOTS_NAME
+    found = []
+    for path in sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []:
+        try:
+            found.append((int(path.stem.removeprefix("epoch-")), path))
+        except ValueError:
+            continue  # not a snapshot's name; leave the file alone
+    return sorted(found)
+
+
+def load_snapshot_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict a snapshot holds (loaded with ``weights_only=True``)."""
+    state = load_checkpoint(path)
+    if "snapshot_epoch" not in state:
+        raise CheckpointError(f"{path} is a pyro-vae checkpoint but not a weights snapshot")
+    return state["model_state"]

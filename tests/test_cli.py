@@ -181,12 +181,14 @@ def test_overwrite_replaces_a_run_and_keeps_other_files(tmp_path, capsys):
 
     out = tmp_path / "run"
     config = RunConfig(model=VAEConfig(z_dim=3, hidden_sizes=(16,)), train=TrainConfig(epochs=2, subset=300))
-    train_run(config, out, progress=False, log=None)
+    train_run(config, out, snapshot_epochs=(2,), progress=False, log=None)
+    assert (out / "snapshots" / "epoch-00002.pt").is_file()
     (out / "notes.txt").write_text("mine")
     shorter = RunConfig(model=config.model, train=TrainConfig(epochs=1, subset=300))
     _, history = train_run(shorter, out, overwrite=True, progress=False, log=None)
     assert history.epochs == 1 and len(json.loads((out / "metrics.json").read_text())["valid_elbo"]) == 1
     assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "snapshots" / "epoch-00002.pt").exists()  # the old run's snapshots went with it
     with pytest.raises(ConfigError, match="choose one"):
         train_run(shorter, out, overwrite=True, resume=True, progress=False, log=None)
     assert run_cli("train", "vae", *SMALL_FLAGS, "--epochs", "1", "--out", str(out)) == 2

@@ -14,6 +14,7 @@ from pyro_vae.builders import build_objective
 from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyro_vae.data import binarize
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pyro_vae.train_state import list_snapshots, load_snapshot_weights, log_spaced_epochs
 
 
 def dynamic(x):
@@ -85,6 +86,38 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path, small_train_ima
     for a, b in zip(vae.state_dict().values(), reloaded.state_dict().values()):
         assert torch.equal(a, b)
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_snapshots_hold_the_weights_of_their_epochs(tmp_path, small_train_images, small_valid_binary):
+    """Snapshots at epochs 1 and 3 of 3: the last equals the checkpoint's weights, the first is
+    what a 1-epoch run with the same seed ends with, and taking them changes nothing in training."""
+    images, valid = small_train_images[:300], small_valid_binary[:100]
+    torch.manual_seed(0)
+    with_snapshots = build_vae(TINY)
+    quiet_train(with_snapshots, images, valid, epochs=3, run_dir=tmp_path / "a", seed=5, snapshot_epochs={1, 3})
+    torch.manual_seed(0)
+    one_epoch = build_vae(TINY)
+    quiet_train(one_epoch, images, valid, epochs=1, run_dir=tmp_path / "b", seed=5)
+    torch.manual_seed(0)
+    without = build_vae(TINY)
+    quiet_train(without, images, valid, epochs=3, seed=5)
+
+    snapshots = list_snapshots(tmp_path / "a")
+    assert [epoch for epoch, _ in snapshots] == [1, 3]
+    first, last = (load_snapshot_weights(path) for _, path in snapshots)
+    for name, value in with_snapshots.state_dict().items():
+        assert torch.equal(last[name], value), name
+        assert torch.equal(without.state_dict()[name], value), name
+        assert torch.equal(first[name], one_epoch.state_dict()[name]), name
+    assert not torch.equal(first["encoder.body.0.weight"], last["encoder.body.0.weight"])
+    with pytest.raises(CheckpointError, match="not a weights snapshot"):
+        load_snapshot_weights(tmp_path / "a" / CHECKPOINT_NAME)
+
+
+def test_log_spaced_snapshot_epochs():
+    assert log_spaced_epochs(3280) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3280]
+    assert log_spaced_epochs(20) == [1, 2, 5, 10, 20]
+    assert log_spaced_epochs(0) == []
 
 
 class _Evil:
