@@ -235,6 +235,18 @@ def _add_complete_parser(subparsers) -> None:
     p.set_defaults(handler=_cmd_complete)
 
 
+def _add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="copy a run's best weights into a small run folder for sharing",
+        description="Write config.json, metrics.json and a checkpoint holding one set of weights (no "
+        "optimizer state) into OUT: a folder that evaluate, sample and complete load like any run.",
+    )  # fmt: skip
+    p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train'")
+    p.add_argument("--out", type=Path, required=True, help="the new folder")
+    add_weights_flag(p)
+    p.set_defaults(handler=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Pyro VAEs from Doersch's tutorial.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_parser(commands)
     _add_evaluate_parser(commands)
     _add_complete_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 
@@ -352,6 +365,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "samples.png"
     save_sample_grid(vae, out, num_images=args.num, seed=args.seed)
     print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    from .runs import describe_weights
+
+    path = export_run(args.run_dir, args.out, weights=args.weights)
+    size = path.stat().st_size / 2**20
+    weights = describe_weights(args.out)
+    print(f"exported the {weights} weights of {args.run_dir} to {args.out} ({size:.1f} MiB)")
     return 0
 
 

@@ -317,14 +317,22 @@ def load_run(
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     model = build_model(config)
     try:
-        model.load_state_dict(_selected_weights(state, weights)[0])
+        model.load_state_dict(selected_weights(state, weights)[0])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config ({error})") from None
     return config, model.to(resolve_device(device)).eval()
 
 
-def _selected_weights(state: dict, weights: str) -> tuple[dict, str]:
-    """The state dict for ``weights`` and a description such as ``"best (epoch 51 of 76)"``."""
+def selected_weights(state: dict, weights: str) -> tuple[dict, str]:
+    """The state dict for ``weights`` and a description such as ``"best (epoch 51 of 76)"``.
+
+    An exported folder (:func:`~pyro_vae.export.export_run`) holds one set of weights, which
+    answers both ``"best"`` and ``"last"``; its description says which epoch they came from.
+    """
+    exported = state.get("exported")
+    if exported is not None:
+        origin = f"epoch {exported['epoch']} of {exported['of_epochs']}"
+        return state["model_state"], f"{exported['weights']} ({origin}; exported weights only)"
     history = TrainHistory(**state["history"])
     if weights == "best" and state.get("best_model_state") is not None:
         return state["best_model_state"], f"best (epoch {history.best_epoch} of {state['epoch']})"
@@ -337,7 +345,7 @@ def _selected_weights(state: dict, weights: str) -> tuple[dict, str]:
 
 def describe_weights(run_dir: str | os.PathLike, weights: str = "best") -> str:
     """Which epoch's weights :func:`load_run` loads for ``weights``, in words."""
-    return _selected_weights(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME), weights)[1]
+    return selected_weights(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME), weights)[1]
 
 
 def load_vae_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", weights: str = "best"):

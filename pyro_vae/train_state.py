@@ -152,6 +152,11 @@ class TrainingState:
     def restore(self, run_dir: Path, *, rank: int, world_size: int) -> None:
         """Load the checkpoint in ``run_dir``: weights, optimizer, scheduler, history, generators."""
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        if state.get("exported") is not None:
+            raise CheckpointError(
+                f"{run_dir} holds exported weights only (no optimizer state) and cannot be resumed; "
+                "train a new run, or resume the run it was exported from"
+            )
         try:
             self.model.load_state_dict(state["model_state"])
             self.optimizer.load_state_dict(state["optimizer_state"])

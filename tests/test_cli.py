@@ -194,3 +194,24 @@ def test_overwrite_replaces_a_run_and_keeps_other_files(tmp_path, capsys):
     assert run_cli("train", "vae", *SMALL_FLAGS, "--epochs", "1", "--out", str(out)) == 2
     assert "--overwrite to replace it" in capsys.readouterr().err
     assert run_cli("train", "vae", *SMALL_FLAGS, "--epochs", "1", "--out", str(out), "--overwrite") == 0
+
+
+def test_export_keeps_one_set_of_weights_that_everything_loads(tmp_path, tiny_vae_run, capsys):
+    """An exported folder scores exactly like the run it came from, samples, and refuses --resume."""
+    from pyro_vae import evaluate_run
+    from pyro_vae.checkpoint import load_checkpoint
+
+    out = tmp_path / "shared"
+    assert run_cli("export", str(tiny_vae_run), "--out", str(out)) == 0
+    assert "best (epoch" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert state["exported"]["weights"] == "best" and "optimizer_state" not in state
+    assert (out / "checkpoint.pt").stat().st_size < 0.5 * (tiny_vae_run / "checkpoint.pt").stat().st_size
+    original, _ = evaluate_run(tiny_vae_run, num_samples=20, subset=30, progress=False)
+    shared, _ = evaluate_run(out, num_samples=20, subset=30, progress=False)
+    assert shared["log_likelihood"] == original["log_likelihood"]
+    assert run_cli("sample", str(out), "--num", "4") == 0 and (out / "samples.png").is_file()
+    assert run_cli("export", str(tiny_vae_run), "--out", str(out)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_cli("train", "vae", "--resume", "--epochs", "3", "--out", str(out), "--no-progress") == 2
+    assert "exported weights only" in capsys.readouterr().err

@@ -94,7 +94,9 @@ def test_snapshots_hold_the_weights_of_their_epochs(tmp_path, small_train_images
     images, valid = small_train_images[:300], small_valid_binary[:100]
     torch.manual_seed(0)
     with_snapshots = build_vae(TINY)
-    quiet_train(with_snapshots, images, valid, epochs=3, run_dir=tmp_path / "a", seed=5, snapshot_epochs={1, 3})
+    quiet_train(
+        with_snapshots, images, valid, epochs=3, run_dir=tmp_path / "a", seed=5, snapshot_epochs={1, 3}
+    )
     torch.manual_seed(0)
     one_epoch = build_vae(TINY)
     quiet_train(one_epoch, images, valid, epochs=1, run_dir=tmp_path / "b", seed=5)

@@ -1,0 +1,73 @@
+"""Export a run's chosen weights as a small run folder for sharing (``pyro-vae export``).
+
+A training checkpoint carries what resuming needs: the last and the best weights, Adam's two
+moment estimates (twice the weights again), the schedule and every generator. Someone who only
+wants to evaluate or sample a model needs the configuration and one set of weights, about a
+quarter of that. An exported folder holds ``config.json``, ``metrics.json`` (the training
+history, for learning curves) and a ``checkpoint.pt`` with those weights only. Everything that
+loads a run (``load_run``, ``pyro-vae evaluate``, ``sample``, ``complete``, the studies) loads it
+unchanged; resuming it is refused, since the optimizer's state is not in it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
+from .errors import ConfigError
+from .run_folder import make_run_folder, writing_into
+from .runs import CONFIG_NAME, read_run_config, selected_weights
+from .train_state import METRICS_NAME, TrainHistory
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weights: str = "best") -> Path:
+    """Write the ``weights`` (``"best"`` or ``"last"``) of the run in ``run_dir`` to ``out_dir``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by ``pyro-vae train`` (or an exported one).
+    out_dir : path
+        A new folder, or an existing one that holds no run yet.
+    weights : {"best", "last"}
+        ``best``: the epoch with the highest validation ELBO; ``last``: the final epoch.
+
+    Returns
+    -------
+    Path
+        ``out_dir/checkpoint.pt``.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    config = read_run_config(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model_state, _ = selected_weights(state, weights)
+    history = TrainHistory(**state["history"])
+    if (out_dir / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"{out_dir} already holds a run; choose another folder or delete it first")
+    exported = state.get("exported")  # exporting an export keeps what it says
+    if exported is None:
+        best = weights == "best" and state.get("best_model_state") is not None
+        epoch = history.best_epoch if best else state["epoch"]
+        exported = {
+            "weights": "best" if best else "last",
+            "epoch": epoch,
+            "of_epochs": state["epoch"],
+            "valid_elbo": history.valid_elbo[epoch - 1] if epoch > 0 else None,
+        }
+    make_run_folder(out_dir)
+    with writing_into(out_dir):
+        atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
+        atomic_write_json(out_dir / METRICS_NAME, history.metrics())
+        save_checkpoint(
+            out_dir / CHECKPOINT_NAME,
+            {
+                "config": config.to_dict(),
+                "epoch": state["epoch"],
+                "model_state": {name: value.clone() for name, value in model_state.items()},
+                "best_model_state": None,
+                "history": history.to_dict(),
+                "exported": exported,
+            },
+        )
+    return out_dir / CHECKPOINT_NAME
