@@ -1,0 +1,79 @@
+"""The Table 1 reproduction: its evaluation script, its learning curves, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis import iwae_curves, iwae_table
+from pyro_vae import RunConfig, TrainConfig, VAEConfig, evaluate_run, train_run
+from pyro_vae.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "results" / "iwae_table.json"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A folder of runs: 'done' (2 of 2 epochs, snapshots at 1 and 2) and 'unfinished' (1 of 3)."""
+    folder = tmp_path_factory.mktemp("runs")
+    model = VAEConfig(z_dim=4, hidden_sizes=(32,))
+    done = RunConfig(model=model, train=TrainConfig(epochs=2, subset=400, data_split="iwae"))
+    train_run(done, folder / "done", snapshot_epochs=(1, 2), progress=False, log=None)
+    unfinished = RunConfig(model=model, train=TrainConfig(epochs=1, subset=400))
+    train_run(unfinished, folder / "unfinished", progress=False, log=None)
+    config = json.loads((folder / "unfinished" / "config.json").read_text())
+    config["train"]["epochs"] = 3  # as if interrupted after its first epoch
+    (folder / "unfinished" / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _row(run: str) -> iwae_table.Row:
+    return iwae_table.Row("tiny", run, "--epochs 2", "a tiny VAE", -86.76, 19)
+
+
+def test_a_row_ships_weights_that_reproduce_its_check(runs, tmp_path):
+    row = iwae_table.evaluate_row(
+        _row("done"), runs, tmp_path, num_samples=10, subset=100, allow_unfinished=False,
+        device="cpu", data_dir=None, progress=False,
+    )  # fmt: skip
+    assert row["num_images"] == 100 and row["epochs"] == row["epochs_planned"] == 2
+    assert row["elbo"] <= row["log_likelihood"] and 0 <= row["active_units"] <= 4
+    assert row["data_split"] == "iwae" and row["command"].endswith(f"--out {runs / 'done'}")
+    check = row["check"]
+    report, _ = evaluate_run(
+        tmp_path / "tiny", num_samples=check["num_samples"], subset=check["num_images"], progress=False
+    )
+    assert report["log_likelihood"] == pytest.approx(check["log_likelihood"], abs=1e-6)
+    assert "epoch 2 of 2" in row["weights"] or "epoch 1 of 2" in row["weights"]
+
+
+def test_an_unfinished_run_is_refused_unless_asked(runs, tmp_path):
+    with pytest.raises(ConfigError, match="1 of 3 epochs"):
+        iwae_table.evaluate_row(
+            _row("unfinished"), runs, tmp_path, num_samples=5, subset=20, allow_unfinished=False,
+            device="cpu", data_dir=None, progress=False,
+        )  # fmt: skip
+    row = iwae_table.evaluate_row(
+        _row("unfinished"), runs, tmp_path, num_samples=5, subset=20, allow_unfinished=True,
+        device="cpu", data_dir=None, progress=False,
+    )  # fmt: skip
+    assert (row["epochs"], row["epochs_planned"]) == (1, 3)
+
+
+def test_curves_score_each_snapshot_once(runs, capsys):
+    scores = iwae_curves.score_snapshots(
+        runs / "done", {}, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
+    )
+    assert list(scores) == ["1", "2"]
+    assert 0 < scores["1"]["wall_seconds"] < scores["2"]["wall_seconds"]
+    assert scores["2"]["test"] > scores["1"]["test"] - 5  # one more epoch does not ruin the model
+    capsys.readouterr()
+    again = iwae_curves.score_snapshots(
+        runs / "done", {"1": scores["1"]}, num_samples=5, test_images=30, device="cpu", data_dir=None,
+        progress=False,
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert again == scores and "epoch 2:" in printed and "epoch 1:" not in printed  # only the new one scored
