@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
 from pyro_vae import estimators
+from pyro_vae.guides import guide_covariance, guide_mean
 from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
@@ -104,20 +105,30 @@ def mcmc_log_likelihood(
     return float(estimators.log_mean_exp(log_w)), float(estimators.log_mean_exp_standard_error(log_w))
 
 
-def gaussian_kl_q_to_fit(q_loc: torch.Tensor, q_scale: torch.Tensor, draws: torch.Tensor) -> float:
-    """KL(Q || N(mean, cov of the draws)): KL(Q || P(z|X)) if the posterior were Gaussian."""
+def gaussian_kl_q_to_fit(q: dist.Distribution, draws: torch.Tensor, *, num_samples: int = 4000) -> float:
+    """KL(Q || N(mean, cov of the draws)): KL(Q || P(z|X)) if the posterior were Gaussian.
+
+    In closed form for a Gaussian Q (diagonal or full covariance), by Monte Carlo over
+    ``num_samples`` draws of Q for a flow. ``q`` is Q(z|x) of one image (batch shape ``(1,)``).
+    """
     flat = draws.reshape(-1, draws.shape[-1]).double()
     fit = dist.MultivariateNormal(
         flat.mean(0), covariance_matrix=torch.cov(flat.T) + 1e-6 * torch.eye(flat.shape[1], dtype=flat.dtype)
     )
-    q = dist.MultivariateNormal(q_loc.double(), covariance_matrix=torch.diag(q_scale.double() ** 2))
-    return float(torch.distributions.kl_divergence(q, fit))
+    if isinstance(q, dist.TransformedDistribution):
+        with torch.no_grad():
+            z = q.sample((num_samples,))[:, 0]  # (S, z_dim)
+            return float((q.log_prob(z.unsqueeze(1))[:, 0].double() - fit.log_prob(z.double())).mean())
+    loc, cov = guide_mean(q)[0].double(), guide_covariance(q)[0].double()
+    return float(torch.distributions.kl_divergence(dist.MultivariateNormal(loc, covariance_matrix=cov), fit))
 
 
 def compare_image(vae: VAE, x: torch.Tensor, draws: torch.Tensor, *, num_is_samples: int) -> dict[str, Any]:
     """Q against the NUTS draws for one image: moments and KL(Q || P(z|X)) three ways."""
-    q = vae.encoder(x.unsqueeze(0))
-    q_loc, q_scale = q.base_dist.loc[0].detach(), q.base_dist.scale[0].detach()
+    with torch.no_grad():
+        q = vae.encoder(x.unsqueeze(0))
+        q_loc = guide_mean(q, num_samples=num_is_samples)[0]
+        q_scale = guide_covariance(q, num_samples=num_is_samples)[0].diagonal().sqrt()
     flat = draws.reshape(-1, draws.shape[-1])
     terms = estimators.log_weight_terms(vae.model, vae.guide, x.unsqueeze(0), num_samples=num_is_samples)
     log_w = terms.log_weights
@@ -139,7 +150,7 @@ def compare_image(vae: VAE, x: torch.Tensor, draws: torch.Tensor, *, num_is_samp
         # E_Q[log Q - log P(X, z)] = -ELBO, so KL(Q || P(z|X)) = log P(X) - ELBO with the MCMC-based log P(X)
         "kl_mcmc": log_p_mcmc - elbo,
         "kl_mcmc_se": math.hypot(log_p_mcmc_se, elbo_se),
-        "kl_gaussian_fit": gaussian_kl_q_to_fit(q_loc, q_scale, draws),
+        "kl_gaussian_fit": gaussian_kl_q_to_fit(q, draws),
         "khat_q": float(estimators.pareto_khat(log_w)[0]),
     }
 

@@ -25,6 +25,7 @@ from .cvae import (
 )
 from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN, NUM_PIXELS
 from .errors import ConfigError
+from .guides import FullCovarianceEncoder, IAFEncoder
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -90,13 +91,22 @@ class VAEConfig(_Config):
     num_components: int = 10  # mixture components, or VampPrior pseudo-inputs
     x_dim: int = NUM_PIXELS
     activation: str = "relu"  # of the hidden layers: relu (the tutorial's) or tanh (the IWAE paper's)
+    guide: str = "gaussian"  # the family of Q(z|x): gaussian (diagonal), full-cov or iaf (pyro_vae.guides)
+    flow_layers: int = 2  # iaf: the number of autoregressive transforms
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", _check_sizes("hidden sizes", self.hidden_sizes))
         if self.z_dim < 1:
             raise ConfigError(f"z_dim must be >= 1, got {self.z_dim}")
+        if self.flow_layers < 1:
+            raise ConfigError(f"flow_layers must be >= 1, got {self.flow_layers}")
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("prior", self.prior, PRIORS)
+        _check_choice("guide", self.guide, GUIDES)
+        if self.prior == "vamp" and self.guide == "iaf":
+            # The VampPrior scores z under the guide at its pseudo-inputs: a flow would have to be
+            # inverted there, one sequential pass per latent dimension, for every z.
+            raise ConfigError("the vamp prior needs a gaussian or full-cov guide, not iaf")
         if not self.sigma > 0:
             raise ConfigError(f"sigma must be positive, got {self.sigma}")
         if not self.prior_scale > 0:
@@ -166,6 +176,24 @@ PRIORS: dict[str, Callable[[VAEConfig, nn.Module], nn.Module]] = {
     "vamp": lambda config, encoder: VampPrior(encoder, config.num_components, config.x_dim),
 }
 
+#: VAE guide name -> factory taking the config: the family of Q(z|x) (see :mod:`pyro_vae.guides`).
+#: Each returns a network with ``local_parameters(x)``, ``distribution(params)`` and ``forward(x)``.
+GUIDES: dict[str, Callable[[VAEConfig], nn.Module]] = {
+    "gaussian": lambda config: GaussianEncoder(
+        config.x_dim, config.hidden_sizes, config.z_dim, activation=config.activation
+    ),
+    "full-cov": lambda config: FullCovarianceEncoder(
+        config.x_dim, config.hidden_sizes, config.z_dim, activation=config.activation
+    ),
+    "iaf": lambda config: IAFEncoder(
+        config.x_dim,
+        config.hidden_sizes,
+        config.z_dim,
+        activation=config.activation,
+        flow_layers=config.flow_layers,
+    ),  # fmt: skip
+}
+
 #: CVAE prior name -> factory: the tutorial's N(0, I), or Sohn et al.'s learned P(z|X).
 CONDITIONAL_PRIORS: dict[str, Callable[[CVAEConfig], nn.Module]] = {
     "standard": lambda config: StandardNormalPrior(config.z_dim),
@@ -208,11 +236,11 @@ def build_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
 def build_vae(config: VAEConfig, *, name: str = "vae") -> VAE:
     """Build the encoder, decoder and prior described by ``config`` (freshly initialized)."""
     likelihood = LIKELIHOODS[config.likelihood](config, config.x_dim)
-    activation = config.activation
-    encoder = GaussianEncoder(config.x_dim, config.hidden_sizes, config.z_dim, activation=activation)
+    encoder = GUIDES[config.guide](config)
     decoder = Decoder(
-        config.z_dim, tuple(reversed(config.hidden_sizes)), config.x_dim, likelihood, activation=activation
-    )
+        config.z_dim, tuple(reversed(config.hidden_sizes)), config.x_dim, likelihood,
+        activation=config.activation,
+    )  # fmt: skip
     return VAE(encoder, decoder, PRIORS[config.prior](config, encoder), name=name)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .builders import (
     CONDITIONAL_PRIORS,
+    GUIDES,
     LIKELIHOODS,
     MODEL_KINDS,
     PRESETS,
@@ -53,6 +54,8 @@ MODEL_FLAGS = {
         "prior_scale": "prior_scale",
         "num_components": "num_components",
         "activation": "activation",
+        "guide": "guide",
+        "flow_layers": "flow_layers",
     },  # fmt: skip
     "cvae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "column": "column", "prior": "prior"},
     "regressor": {"hidden_sizes": "hidden", "column": "column"},
@@ -135,6 +138,13 @@ def _add_train_parser(subparsers, kind: str) -> None:
         p.add_argument(
             "--activation", choices=list(ACTIVATIONS), help="hidden-layer nonlinearity (default relu)"
         )
+    if "guide" in MODEL_FLAGS[kind]:
+        p.add_argument(
+            "--guide", choices=list(GUIDES),
+            help="the family of Q(z|x): gaussian (diagonal, the tutorial's; default), full-cov (a Cholesky "
+            "factor per image), iaf (inverse autoregressive flow on the diagonal Gaussian)",
+        )  # fmt: skip
+        p.add_argument("--flow-layers", type=positive_int, help="iaf: autoregressive transforms (default 2)")
     if kind == "vae":
         p.add_argument(
             "--preset",

@@ -20,6 +20,7 @@ from . import distributed as dist_utils
 from . import estimators
 from .errors import ConfigError
 from .estimators import KHAT_THRESHOLD, ImportanceSamplingSummary
+from .guides import guide_mean
 
 NATS_PER_BIT = math.log(2.0)
 
@@ -146,20 +147,52 @@ class LatentStatistics:
         return float(self.kl_per_unit[~self.active(threshold)].sum())
 
 
-def _independent_normal(distribution: torch.distributions.Distribution, what: str):
+def _diagonal_normal(distribution: torch.distributions.Distribution) -> torch.distributions.Normal | None:
+    """The ``Normal`` inside ``Normal(...).to_event(1)``, or ``None`` for any other family."""
     base = getattr(distribution, "base_dist", distribution)
-    if not isinstance(base, torch.distributions.Normal):
-        raise ConfigError(
-            f"latent statistics need a diagonal Gaussian {what}, got {type(distribution).__name__}"
+    if isinstance(distribution, torch.distributions.TransformedDistribution):
+        return None
+    return base if isinstance(base, torch.distributions.Normal) else None
+
+
+def _kl_terms(posterior, prior, *, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kl per unit (B, z_dim), kl per datapoint (B,))`` in float64 for one batch of Q(z|x).
+
+    Diagonal Gaussian Q and prior: Eq. 7 unit by unit, the units' sum per datapoint. A
+    full-covariance Q: the joint KL in closed form, and per unit the KL of Q's marginal (the units
+    are correlated, so the marginal KLs need not add up to the joint one). A flow: the joint KL
+    by Monte Carlo, E_q[log q(z|x) - log p(z)] over ``num_samples`` draws; per unit NaN (its
+    marginals have no closed form).
+    """
+    prior_normal = _diagonal_normal(prior)
+    if prior_normal is None:
+        raise ConfigError(f"latent statistics need a diagonal Gaussian prior, got {type(prior).__name__}")
+    prior_normal = torch.distributions.Normal(prior_normal.loc.double(), prior_normal.scale.double())
+    q = _diagonal_normal(posterior)
+    if q is not None:
+        per_unit = torch.distributions.kl_divergence(
+            torch.distributions.Normal(q.loc.double(), q.scale.double()), prior_normal
         )
-    return base
+        return per_unit, per_unit.sum(-1)
+    if isinstance(posterior, torch.distributions.MultivariateNormal):
+        scale_tril = posterior.scale_tril.double()
+        marginal = torch.distributions.Normal(posterior.loc.double(), scale_tril.pow(2).sum(-1).sqrt())
+        prior_tril = torch.diag(prior_normal.scale)
+        joint = torch.distributions.kl_divergence(
+            torch.distributions.MultivariateNormal(posterior.loc.double(), scale_tril=scale_tril),
+            torch.distributions.MultivariateNormal(prior_normal.loc, scale_tril=prior_tril),
+        )
+        return torch.distributions.kl_divergence(marginal, prior_normal), joint
+    z = posterior.sample((num_samples,))
+    joint = (posterior.log_prob(z).double() - prior_normal.log_prob(z.double()).sum(-1)).mean(0)
+    return torch.full(z.shape[1:], float("nan"), dtype=torch.float64, device=z.device), joint
 
 
 @torch.no_grad()
 def latent_statistics(
-    model: torch.nn.Module, data: torch.Tensor, *, batch_size: int = 500
+    model: torch.nn.Module, data: torch.Tensor, *, batch_size: int = 500, num_samples: int = 64
 ) -> LatentStatistics:
-    r"""Activity and closed-form KL of every latent unit of a VAE with Gaussian encoder and prior.
+    r"""Activity and KL of every latent unit of a VAE with a Gaussian prior, for any guide family.
 
     .. math::  A_u = \mathrm{Cov}_x\big(E_{q(z|x)}[z_u]\big),
 
@@ -172,38 +205,40 @@ def latent_statistics(
     :data:`ACTIVITY_THRESHOLD` is meant for a N(0, I) prior; for N(0, lambda^2 I) compare
     A_u / lambda^2 with it (the criterion is then invariant to the rescaling of section 2.4.3).
 
+    E_q[z] is exact for the Gaussian families and a ``num_samples`` Monte Carlo mean for a flow
+    (:func:`~pyro_vae.guides.guide_mean`); the KL terms for the other families are described in
+    :func:`_kl_terms`.
+
     Parameters
     ----------
     model : nn.Module
-        Has ``encoder(x)`` returning a (diagonal) ``Normal(...).to_event(1)`` and ``prior()``
-        returning a diagonal Normal over z (the standard or scaled prior).
+        Has ``encoder(x)`` returning a distribution over z (any family of :mod:`pyro_vae.guides`)
+        and ``prior()`` returning a diagonal Normal over z (the standard or scaled prior).
     data : Tensor
         ``(N, x_dim)`` inputs, as the encoder sees them (binarized for a Bernoulli model).
     """
     was_training = model.training
     model.eval()
-    prior = _independent_normal(model.prior(), "prior")
-    prior = torch.distributions.Normal(prior.loc.double(), prior.scale.double())
+    prior = model.prior()
     shift = None
     count = 0
     sum_dev = sum_dev_sq = kl_sum = None
     kl_per_datapoint = []
     for start in range(0, data.shape[0], batch_size):
-        posterior = _independent_normal(model.encoder(data[start : start + batch_size]), "encoder")
-        z_loc, z_scale = posterior.loc.double(), posterior.scale.double()  # (B, z_dim)
-        posterior = torch.distributions.Normal(z_loc, z_scale)
-        kl = torch.distributions.kl_divergence(posterior, prior)  # (B, z_dim): Eq. 7, unit by unit
+        posterior = model.encoder(data[start : start + batch_size])
+        z_mean = guide_mean(posterior, num_samples=num_samples).double()  # (B, z_dim)
+        kl_units, kl_joint = _kl_terms(posterior, prior, num_samples=num_samples)
         if shift is None:
-            shift = z_loc.mean(0)
+            shift = z_mean.mean(0)
             sum_dev = torch.zeros_like(shift)
             sum_dev_sq = torch.zeros_like(shift)
             kl_sum = torch.zeros_like(shift)
-        deviation = z_loc - shift
+        deviation = z_mean - shift
         sum_dev += deviation.sum(0)
         sum_dev_sq += deviation.pow(2).sum(0)
-        kl_sum += kl.sum(0)
-        kl_per_datapoint.append(kl.sum(-1).cpu())
-        count += z_loc.shape[0]
+        kl_sum += kl_units.sum(0)
+        kl_per_datapoint.append(kl_joint.cpu())
+        count += z_mean.shape[0]
     model.train(was_training)
     if count < 2:
         raise ConfigError("latent statistics need at least 2 datapoints to measure a covariance")

@@ -55,12 +55,20 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         self.x_dim = x_dim
         self.z_dim = z_dim
-        self.body = MLP(x_dim, hidden_sizes, 2 * z_dim, activation)
+        self.num_local_parameters = 2 * z_dim
+        self.body = MLP(x_dim, hidden_sizes, self.num_local_parameters, activation)
 
-    def forward(self, x: torch.Tensor) -> dist.Distribution:
-        z_loc, raw_scale = self.body(x).split(self.z_dim, dim=-1)
+    def local_parameters(self, x: torch.Tensor) -> torch.Tensor:
+        """lambda(x) = (mu, unconstrained sigma), ``(..., 2 z_dim)``: see :mod:`pyro_vae.guides`."""
+        return self.body(x)
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        z_loc, raw_scale = params.split(self.z_dim, dim=-1)
         z_scale = F.softplus(raw_scale) + MIN_SCALE
         return dist.Normal(z_loc, z_scale).to_event(1)
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
+        return self.distribution(self.local_parameters(x))
 
 
 class Decoder(nn.Module):

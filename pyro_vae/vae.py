@@ -13,6 +13,8 @@ import pyro
 import torch
 from torch import nn
 
+from .guides import guide_location
+
 
 class VAE(nn.Module):
     """A VAE assembled from an encoder, a decoder and a prior (each returns a distribution).
@@ -70,5 +72,9 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder mean at the encoder mean, f(mu(x)), ``(N, x_dim)``."""
-        return self.decoder(self.encoder(x).mean).mean
+        """Decoder mean at the centre of Q(z|x), f(mu(x)), ``(N, x_dim)``.
+
+        The centre is the mean of a Gaussian guide and, for a flow, the image of its base mean
+        (:func:`~pyro_vae.guides.guide_location`).
+        """
+        return self.decoder(guide_location(self.encoder(x))).mean
