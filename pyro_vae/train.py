@@ -396,7 +396,8 @@ def _check_param_registration(model: nn.Module) -> None:
     the other's).
     """
     stored = {id(p) for _, p in pyro.get_param_store().named_parameters()}
-    own = {id(p): name for name, p in model.named_parameters()}
+    # Frozen parameters (requires_grad=False) are left out of the store by pyro.module by design.
+    own = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
     missing = [name for key, name in own.items() if key not in stored]
     foreign = stored - set(own)
     if missing or foreign:
