@@ -36,6 +36,7 @@ from .likelihoods import (
 )
 from .nets import ACTIVATIONS, Decoder, GaussianEncoder
 from .objectives import IWAE_ELBO, IWAE_DReG_ELBO, JitIWAE_ELBO, JitTraceMeanField_ELBO
+from .plugins import build_extension, import_plugins
 from .priors import MixtureOfGaussiansPrior, ScaledNormalPrior, StandardNormalPrior, VampPrior
 from .schedules import IWAE_SCHEDULE_EPOCHS, LR_SCHEDULES
 from .vae import VAE
@@ -70,7 +71,20 @@ def _check_sizes(name: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
 
 def _check_choice(kind: str, name: str, registry: dict) -> None:
     if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(registry)}")
+        from .plugins import load_entry_point_plugins
+
+        load_entry_point_plugins()  # an installed package may register it
+    if name not in registry:
+        raise ConfigError(
+            f"unknown {kind} {name!r}; available: {', '.join(registry)} (an extension's module is loaded "
+            "with --plugin MODULE)"
+        )
+
+
+def _check_options(kind: str, options: Any) -> dict[str, Any]:
+    if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
+        raise ConfigError(f"{kind} options must be a mapping of names to values, got {options!r}")
+    return dict(options)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,10 @@ class VAEConfig(_Config):
     activation: str = "relu"  # of the hidden layers: relu (the tutorial's) or tanh (the IWAE paper's)
     guide: str = "gaussian"  # the family of Q(z|x): gaussian (diagonal), full-cov or iaf (pyro_vae.guides)
     flow_layers: int = 2  # iaf: the number of autoregressive transforms
+    #: An extension's own settings, passed to its factory as keywords (see pyro_vae.plugins).
+    likelihood_options: dict[str, Any] = field(default_factory=dict)
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    guide_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", _check_sizes("hidden sizes", self.hidden_sizes))
@@ -103,6 +121,10 @@ class VAEConfig(_Config):
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("prior", self.prior, PRIORS)
         _check_choice("guide", self.guide, GUIDES)
+        for kind in ("likelihood", "prior", "guide"):
+            object.__setattr__(
+                self, f"{kind}_options", _check_options(kind, getattr(self, f"{kind}_options"))
+            )
         if self.prior == "vamp" and self.guide == "iaf":
             # The VampPrior scores z under the guide at its pseudo-inputs: a flow would have to be
             # inverted there, one sequential pass per latent dimension, for every z.
@@ -134,10 +156,12 @@ class CVAEConfig(_Config):
     prior: str = "standard"
     likelihood: str = "bernoulli"
     sigma: float = DEFAULT_SIGMA
+    likelihood_options: dict[str, Any] = field(default_factory=dict)  # see pyro_vae.plugins
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", _check_sizes("hidden sizes", self.hidden_sizes))
         object.__setattr__(self, "condition_sizes", _check_sizes("condition sizes", self.condition_sizes))
+        object.__setattr__(self, "likelihood_options", _check_options("likelihood", self.likelihood_options))
         if self.z_dim < 1 or self.condition_dim < 1:
             raise ConfigError(f"z_dim and condition_dim must be >= 1, got {self.z_dim}, {self.condition_dim}")
         if not 0 <= self.column < IMAGE_SIDE:
@@ -235,18 +259,26 @@ def build_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
 
 def build_vae(config: VAEConfig, *, name: str = "vae") -> VAE:
     """Build the encoder, decoder and prior described by ``config`` (freshly initialized)."""
-    likelihood = LIKELIHOODS[config.likelihood](config, config.x_dim)
-    encoder = GUIDES[config.guide](config)
+    likelihood = _likelihood(config, config.x_dim)
+    encoder = build_extension("guide", config.guide, GUIDES[config.guide], (config,), config.guide_options)
     decoder = Decoder(
         config.z_dim, tuple(reversed(config.hidden_sizes)), config.x_dim, likelihood,
         activation=config.activation,
     )  # fmt: skip
-    return VAE(encoder, decoder, PRIORS[config.prior](config, encoder), name=name)
+    prior = build_extension(
+        "prior", config.prior, PRIORS[config.prior], (config, encoder), config.prior_options
+    )
+    return VAE(encoder, decoder, prior, name=name)
+
+
+def _likelihood(config: VAEConfig | CVAEConfig, dim: int) -> Likelihood:
+    factory = LIKELIHOODS[config.likelihood]
+    return build_extension("likelihood", config.likelihood, factory, (config, dim), config.likelihood_options)
 
 
 def build_cvae(config: CVAEConfig, *, name: str = "cvae") -> CVAE:
     """The tutorial's CVAE for completing a digit from one column (section 5)."""
-    likelihood = LIKELIHOODS[config.likelihood](config, config.y_dim)
+    likelihood = _likelihood(config, config.y_dim)
     condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
     encoder = ConditionalEncoder(config.x_dim, config.y_dim, config.hidden_sizes, config.z_dim)
     decoder = ConditionalDecoder(
@@ -257,7 +289,7 @@ def build_cvae(config: CVAEConfig, *, name: str = "cvae") -> CVAE:
 
 def build_regressor(config: CVAEConfig, *, name: str = "regressor") -> Regressor:
     """The regressor baseline: the CVAE's conditioning network and decoder layers, without z."""
-    likelihood = LIKELIHOODS[config.likelihood](config, config.y_dim)
+    likelihood = _likelihood(config, config.y_dim)
     condition_net = ConditionNet(config.x_dim, config.condition_sizes, config.condition_dim)
     decoder = Decoder(config.condition_dim, tuple(reversed(config.hidden_sizes)), config.y_dim, likelihood)
     return Regressor(condition_net, decoder, name=name)
@@ -366,8 +398,11 @@ class RunConfig:
     kind: str = "vae"
     model: Any = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: Modules imported before the model is rebuilt: they register its extensions (pyro_vae.plugins).
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "plugins", tuple(self.plugins))
         _check_choice("model kind", self.kind, MODEL_KINDS)
         expected = MODEL_KINDS[self.kind][0]
         if not isinstance(self.model, expected):
@@ -376,15 +411,18 @@ class RunConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model.to_dict(), "train": self.train.to_dict()}
+        values = {"kind": self.kind, "model": self.model.to_dict(), "train": self.train.to_dict()}
+        return {**values, "plugins": list(self.plugins)} if self.plugins else values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         try:
+            plugins = tuple(values.get("plugins", ()))
+            import_plugins(plugins)  # before the model's names are checked against the registries
             kind = values["kind"]
             _check_choice("model kind", kind, MODEL_KINDS)
             model = MODEL_KINDS[kind][0].from_dict(values["model"])
-            return cls(kind=kind, model=model, train=TrainConfig.from_dict(values["train"]))
+            return cls(kind=kind, model=model, train=TrainConfig.from_dict(values["train"]), plugins=plugins)
         except (KeyError, TypeError) as error:
             raise ConfigError(f"run configuration is incomplete or malformed ({error})") from None
 

@@ -29,6 +29,7 @@ from .cli_options import (
     add_optimization_flags,
     column_index,
     non_negative_int,
+    option_pair,
     positive_float,
     positive_int,
     snapshot_spec,
@@ -37,6 +38,7 @@ from .cli_readers import add_reader_commands
 from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN
 from .errors import CheckpointError, ConfigError, PyroVAEError
 from .nets import ACTIVATIONS
+from .plugins import import_plugins, load_entry_point_plugins
 from .schedules import IWAE_SCHEDULE_EPOCHS
 from .train_state import log_spaced_epochs
 
@@ -56,6 +58,9 @@ MODEL_FLAGS = {
         "activation": "activation",
         "guide": "guide",
         "flow_layers": "flow_layers",
+        "likelihood_options": "likelihood_option",
+        "prior_options": "prior_option",
+        "guide_options": "guide_option",
     },  # fmt: skip
     "cvae": {"z_dim": "z_dim", "hidden_sizes": "hidden", "column": "column", "prior": "prior"},
     "regressor": {"hidden_sizes": "hidden", "column": "column"},
@@ -153,6 +158,17 @@ def _add_train_parser(subparsers, kind: str) -> None:
             "(2016), Table 1: 784-200-200-50 tanh, Bernoulli, batch 20, Adam eps 1e-4, the iwae schedule "
             f"({IWAE_SCHEDULE_EPOCHS} epochs), output bias at the logit of the training mean",
         )
+    for axis in ("likelihood", "prior", "guide"):
+        if f"{axis}_options" in MODEL_FLAGS[kind]:
+            p.add_argument(
+                f"--{axis}-option", type=option_pair, action="append", metavar="KEY=VALUE",
+                help=f"a setting of the {axis} (repeatable), passed to its factory and kept in config.json",
+            )  # fmt: skip
+    p.add_argument(
+        "--plugin", action="append", metavar="MODULE",
+        help="import MODULE first (repeatable): it registers extensions (pyro_vae.register_likelihood, "
+        "register_prior, register_guide); config.json records it so every later command imports it too",
+    )  # fmt: skip
     add_optimization_flags(p)
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only")
     p.add_argument(
@@ -198,7 +214,9 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     given_model = {
         f: getattr(args, dest) for f, dest in MODEL_FLAGS[kind].items() if getattr(args, dest) is not None
     }
+    given_model = {f: dict(v) if f.endswith("_options") else v for f, v in given_model.items()}
     given_train = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
+    plugins = tuple(args.plugin or ())
     preset = PRESETS.get(getattr(args, "preset", None) or "", {})
     given_model = {**preset.get("model", {}), **given_model}
     given_train = {**preset.get("train", {}), **given_train}
@@ -215,12 +233,17 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
                 f"{args.out} holds a {saved.kind!r} run; resume it with 'pyro-vae train {saved.kind}'"
             )
         _check_unchanged(saved.model, given_model, MODEL_FLAGS[kind], args.out)
+        if plugins and plugins != saved.plugins:
+            raise ConfigError(
+                f"the run in {args.out} was trained with the plugins {list(saved.plugins)}; drop --plugin to "
+                "resume it (config.json imports them)"
+            )
         _check_unchanged(saved.train, {k: v for k, v in given_train.items() if k != "epochs"}, {}, args.out)
         return replace(
             saved, train=replace(saved.train, epochs=given_train.get("epochs", saved.train.epochs))
         )
     model_config = MODEL_KINDS[kind][0](**given_model)
-    return RunConfig(kind=kind, model=model_config, train=TrainConfig(**given_train))
+    return RunConfig(kind=kind, model=model_config, train=TrainConfig(**given_train), plugins=plugins)
 
 
 def _check_unchanged(saved, given: dict, destinations: dict, run_dir: Path) -> None:
@@ -290,6 +313,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Extensions register names that the flags' choices must already list.
+        load_entry_point_plugins()
+        import_plugins(_plugin_arguments(argv))
+    except PyroVAEError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -308,6 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _plugin_arguments(argv: list[str]) -> list[str]:
+    """The values of ``--plugin M`` and ``--plugin=M`` in ``argv``, before argparse sees it."""
+    found = []
+    for i, token in enumerate(argv):
+        if token == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif token.startswith("--plugin="):
+            found.append(token.split("=", 1)[1])
+    return found
 
 
 if __name__ == "__main__":

@@ -66,6 +66,16 @@ def snapshot_spec(text: str) -> str | tuple[int, ...]:
     return epochs
 
 
+def option_pair(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of an extension's setting; the value is read as JSON where it parses."""
+    from .plugins import parse_option
+
+    try:
+        return parse_option(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parse(kind, text: str, what: str):
     try:
         return kind(text)

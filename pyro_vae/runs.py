@@ -233,6 +233,8 @@ def train_run(
     """
     if resume and overwrite:
         raise ConfigError("resume continues a run and overwrite replaces it; choose one")
+    if not resume:
+        build_model(config)  # an extension's bad options fail here, before a folder is made
     writes_files = distributed is None or distributed.is_main
     with run_folder_lock(out_dir) if writes_files else contextlib.nullcontext():
         if overwrite and writes_files:
