@@ -1,6 +1,6 @@
 """Neural networks of the VAE: a multilayer perceptron, the Gaussian encoder and the decoder.
 
-Contract (see DESIGN.md): networks return distributions. The encoder maps ``x`` to a
+Contract (README, "Extending"): networks return distributions. The encoder maps ``x`` to a
 distribution over ``z`` with event shape ``(z_dim,)``; the decoder maps ``z`` to the likelihood's
 distribution over one datapoint. Leading batch dimensions are carried through, so the same
 networks serve one particle per datapoint in training and ``(K, B)`` particles in evaluation.
