@@ -120,7 +120,9 @@ def optimize_local_parameters(
             best_elbo = _check_elbo(model, x, params, check_samples)
             params.requires_grad_(True)
             optimizer = torch.optim.Adam([params], lr=lr)
-            objective = pyro.infer.TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True)
+            objective = pyro.infer.TraceMeanField_ELBO(
+                num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
+            )
             guide = local_guide(model, params)
             checks_without_gain, step, decays = 0, 0, 0
             while step < max_steps:
