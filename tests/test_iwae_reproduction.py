@@ -77,3 +77,24 @@ def test_curves_score_each_snapshot_once(runs, capsys):
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert again == scores and "epoch 2:" in printed and "epoch 1:" not in printed  # only the new one scored
+
+
+def test_table_and_curves_commands_on_a_tiny_run(tmp_path):
+    """``python -m analysis.iwae_table`` and ``analysis.iwae_curves`` end to end, on a folder of runs
+    whose VAE row is a tiny run with snapshots."""
+    runs = tmp_path / "runs"
+    config = RunConfig(model=VAEConfig(z_dim=4, hidden_sizes=(32,)), train=TrainConfig(epochs=2, subset=300))
+    train_run(config, runs / iwae_table.ROWS["vae-k1"].run, snapshot_epochs=(1, 2), progress=False, log=None)
+    common = ["--runs", str(runs), "--out", str(tmp_path / "results"), "--device", "cpu", "--no-progress"]
+    pretrained = tmp_path / "pretrained"
+    table = iwae_table.main(
+        [*common, "--rows", "vae-k1", "-k", "5", "--subset", "40", "--pretrained", str(pretrained)]
+    )
+    (row,) = table["rows"]
+    assert row["name"] == "vae-k1" and row["paper"]["log_likelihood"] == -86.76
+    assert (tmp_path / "pretrained" / "vae-k1" / "checkpoint.pt").is_file()
+    stored = json.loads((tmp_path / "results" / "iwae_table.json").read_text())
+    assert stored["rows"][0]["log_likelihood"] == row["log_likelihood"]
+    curves = iwae_curves.main([*common, "-k", "4", "--test-images", "20"])
+    assert list(curves["runs"]["vae-k1"]["snapshots"]) == ["1", "2"]
+    assert (tmp_path / "results" / "iwae_curves.png").is_file()

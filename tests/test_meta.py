@@ -9,20 +9,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SUPPORT_MODULES = {"__init__", "common", "classifier"}  # helpers of the studies, not studies
 
 
+def studies() -> set[str]:
+    """Every study: a module of analysis/, or a package with a __main__.py (zero_error_1d)."""
+    modules = {p.stem for p in (ROOT / "analysis").glob("*.py")} - SUPPORT_MODULES
+    packages = {p.parent.name for p in (ROOT / "analysis").glob("*/__main__.py")}
+    return modules | packages
+
+
 def test_every_study_has_a_test():
-    studies = {p.stem for p in (ROOT / "analysis").glob("*.py")} - SUPPORT_MODULES
+    studies_found = studies()
+    assert "zero_error_1d" in studies_found and "ring" in studies_found
     test_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
-    untested = sorted(s for s in studies if not re.search(rf"\b{s}\.main\(", test_text))
+    untested = sorted(s for s in studies_found if not re.search(rf"\b{s}\.main\(", test_text))
     assert not untested, f"studies without a smoke test calling <study>.main(...): {untested}"
 
 
 def test_every_study_is_a_runnable_module_with_a_docstring():
-    for path in (ROOT / "analysis").glob("*.py"):
-        if path.stem in SUPPORT_MODULES:
-            continue
+    for name in studies():
+        package = ROOT / "analysis" / name
+        path = package / "__init__.py" if package.is_dir() else package.with_suffix(".py")
         text = path.read_text()
         assert text.lstrip().startswith(('"""', 'r"""')), f"{path.name}: module docstring"
-        assert 'if __name__ == "__main__":' in text, f"{path.name}: python -m analysis.{path.stem}"
+        runnable = (package / "__main__.py").is_file() or 'if __name__ == "__main__":' in text
+        assert runnable, f"{path}: python -m analysis.{name}"
 
 
 def readme_commands() -> list[str]:
