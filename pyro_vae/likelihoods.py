@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .distributions import FactorizedBernoulli, FactorizedContinuousBernoulli
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 
 class Likelihood(nn.Module):
@@ -85,24 +85,30 @@ class BernoulliLikelihood(Likelihood):
 class GaussianLikelihood(Likelihood):
     r"""P(x|z) = N(x | f(z), sigma^2 I) with a fixed sigma, the tutorial's Eq. 1 likelihood.
 
-    ``f(z) = sigmoid(decoder output)`` so that decoder means are valid intensities in [0, 1].
-    ``sigma`` weighs reconstruction against the KL term (tutorial section 2.4.3):
+    ``link`` maps the decoder output to the mean f(z): ``"sigmoid"`` (default) keeps decoder
+    means valid pixel intensities in [0, 1]; ``"identity"`` reads the output as the mean itself,
+    for data on the whole real line (Appendix A's 1D study). ``sigma`` weighs reconstruction
+    against the KL term (tutorial section 2.4.3):
     log P(x|z) = -||x - f(z)||^2 / (2 sigma^2) - D log(sqrt(2 pi) sigma).
     """
 
-    sigmoid_mean = True
+    LINKS = {"sigmoid": torch.sigmoid, "identity": lambda params: params}
 
-    def __init__(self, sigma: float):
+    def __init__(self, sigma: float, *, link: str = "sigmoid"):
         super().__init__()
         if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+            raise ConfigError(f"sigma must be positive, got {sigma}")
+        if link not in self.LINKS:
+            raise ConfigError(f"unknown link {link!r}; available: {', '.join(self.LINKS)}")
         self.sigma = float(sigma)
+        self.link = link
+        self.sigmoid_mean = link == "sigmoid"  # output_bias exists for the sigmoid link only
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(torch.sigmoid(params), self.sigma).to_event(1)
+        return dist.Normal(self.LINKS[self.link](params), self.sigma).to_event(1)
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma}"
+        return f"sigma={self.sigma}, link={self.link}"
 
 
 class GaussianLearnedLikelihood(Likelihood):

@@ -24,7 +24,6 @@ from analysis.zero_error_1d import (
     Gaussian1D,
     GaussianMixture1D,
     Gumbel1D,
-    RealGaussianLikelihood,
     default_xs,
     f_decoder,
     fit_power_law,
@@ -320,13 +319,19 @@ def test_learned_vae_smoke(tmp_path):
     assert again["rows"][0]["gap_mean"] == row["gap_mean"]
 
 
-def test_real_gaussian_likelihood_has_an_identity_mean():
-    likelihood = RealGaussianLikelihood(0.1)
+def test_gaussian_likelihood_with_the_identity_link_reads_the_output_as_the_mean():
+    from pyro_vae.likelihoods import GaussianLikelihood
+
+    likelihood = GaussianLikelihood(0.1, link="identity")
     params = torch.tensor([[-3.0], [5.0]])
     distribution = likelihood(params)
     assert torch.equal(distribution.mean, params) and distribution.event_shape == (1,)
+    assert torch.allclose(GaussianLikelihood(0.1)(params).mean, torch.sigmoid(params))
+    assert not likelihood.sigmoid_mean and GaussianLikelihood(0.1).sigmoid_mean
     with pytest.raises(ConfigError):
-        RealGaussianLikelihood(0.0)
+        GaussianLikelihood(0.0, link="identity")
+    with pytest.raises(ConfigError, match="unknown link 'exp'"):
+        GaussianLikelihood(0.1, link="exp")
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,6 @@ from .ground_truths import (  # noqa: F401
     Gumbel1D,
 )
 from .learned import (  # noqa: F401
-    RealGaussianLikelihood,
     build_vae_1d,
     evaluate_learned_vae,
     learned_comparison,
