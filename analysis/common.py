@@ -28,6 +28,7 @@ from pyro_vae.builders import DEFAULT_HIDDEN_SIZES, DEFAULT_Z_DIM, OBJECTIVES, R
 from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import ImportanceSamplingSummary
+from pyro_vae.evaluation import mean_se  # noqa: F401  (the studies' one mean +- se helper)
 from pyro_vae.plotting import image_grid
 from pyro_vae.runs import load_eval_data, load_vae_run, read_run_config, score_loaded_run, train_run
 from pyro_vae.train import TrainHistory
@@ -120,13 +121,6 @@ def train_config(args: argparse.Namespace, *, seed: int | None = None) -> TrainC
         objective=args.objective,
         subset=args.subset,
     )
-
-
-def mean_se(values: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """Mean over images and its standard error sd / sqrt(N) (nats per image)."""
-    values = np.asarray(torch.as_tensor(values).double().cpu(), dtype=np.float64)
-    se = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
-    return {"mean": float(values.mean()), "se": se}
 
 
 def paired_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,6 @@ the candidates while CVAE samples pick one digit and stay sharp. This study meas
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,9 @@ from pyro_vae.runs import load_eval_data, load_run
 from pyro_vae.train import resolve_device, seed_everything
 
 from .classifier import train_digit_classifier
-from .common import run_study, save_figure, study_parser, write_results
+from .common import mean_se, run_study, save_figure, study_parser, write_results
 
 NAME = "cvae_vs_regressor"
-
-
-def _mean_se(values: torch.Tensor) -> dict[str, float]:
-    values = values.double()
-    return {"mean": float(values.mean()), "se": float(values.std() / math.sqrt(values.numel()))}
 
 
 def sharpness(probabilities: torch.Tensor) -> float:
@@ -138,17 +132,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     likelihoods = {
         "num_images": int(x.shape[0]),
         "num_samples": args.num_samples,
-        "cvae_log_likelihood": _mean_se(cvae_summary.log_likelihood),
+        "cvae_log_likelihood": mean_se(cvae_summary.log_likelihood),
         "cvae_log_likelihood_mc_se": float(
             cvae_summary.log_likelihood_se.double().nan_to_num(0).pow(2).sum().sqrt() / x.shape[0]
         ),
-        "cvae_elbo": _mean_se(cvae_summary.elbo),
-        "cvae_gap": _mean_se(cvae_summary.gap),
+        "cvae_elbo": mean_se(cvae_summary.elbo),
+        "cvae_gap": mean_se(cvae_summary.gap),
         "cvae_rate": float(cvae_summary.rate.mean()),
         "cvae_khat_over_0_7": float((cvae_summary.khat > 0.7).float().mean()),
         "cvae_ess_fraction": float(cvae_summary.ess.mean() / args.num_samples),
-        "regressor_log_likelihood": _mean_se(regressor_summary.log_likelihood),
-        "cvae_minus_regressor": _mean_se(difference),
+        "regressor_log_likelihood": mean_se(regressor_summary.log_likelihood),
+        "cvae_minus_regressor": mean_se(difference),
         "cvae_better_fraction": float((difference > 0).float().mean()),
     }
 

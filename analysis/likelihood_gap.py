@@ -19,7 +19,6 @@ estimates the KL on the left. The study writes ``likelihood_gap.json`` and:
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
-from .common import run_study, save_figure, study_parser, write_results
+from .common import mean_se, run_study, save_figure, study_parser, write_results
 
 NAME = "likelihood_gap"
 
@@ -110,19 +109,13 @@ def naive_prior_estimates(
     )
 
 
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    se = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
-    return float(values.mean()), se
-
-
 def summarize(arrays: dict[str, np.ndarray], ks: list[int]) -> dict[str, Any]:
     """Split-level numbers: means with standard errors over images; paired gains over the ELBO."""
-    elbo_mean, elbo_se = _mean_se(arrays["elbo"])
+    elbo_mean, elbo_se = mean_se(arrays["elbo"]).values()
     rows = []
     for k, values in zip(ks, arrays["log_likelihood"]):
-        mean, se = _mean_se(values)
-        gain, gain_se = _mean_se(values - arrays["elbo"])
+        mean, se = mean_se(values).values()
+        gain, gain_se = mean_se(values - arrays["elbo"]).values()
         rows.append(
             {
                 "k": k,

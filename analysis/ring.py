@@ -34,7 +34,7 @@ from scipy import stats
 
 from pyro_vae.errors import ConfigError
 
-from .common import run_study, save_figure, study_parser, write_results
+from .common import mean_se, run_study, save_figure, study_parser, write_results
 
 NAME = "ring"
 DEFAULT_NUM_POINTS = 2000
@@ -83,7 +83,7 @@ def ring_statistics(z: np.ndarray, g: np.ndarray) -> dict[str, Any]:
     return {
         "num_points": num,
         "radius_mean": float(radius.mean()),
-        "radius_mean_se": measured_sd / math.sqrt(num),
+        "radius_mean_se": mean_se(radius)["se"],
         "radius_mean_closed_form": radius_mean(),
         "radius_sd": measured_sd,
         # se of a sample sd, sd * sqrt((kurtosis - 1) / (4 N)), with the sample's own kurtosis

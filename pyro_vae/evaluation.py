@@ -73,6 +73,18 @@ def evaluate_importance_sampling(
     )
 
 
+def mean_se(values: Sequence[float] | torch.Tensor) -> dict[str, float]:
+    """Mean of per-image values and its standard error sd / sqrt(N) (ddof 1; NaN for one value).
+
+    The one place the project computes "mean +- se over images"; the studies report it as
+    ``{"mean": ..., "se": ...}``.
+    """
+    values = torch.as_tensor(values).double().flatten().cpu()
+    num = values.numel()
+    se = float(values.std() / math.sqrt(num)) if num > 1 else float("nan")
+    return {"mean": float(values.mean()), "se": se}
+
+
 def split_report(summary: ImportanceSamplingSummary, *, num_samples: int) -> dict[str, Any]:
     """Split-level numbers (nats per image, averaged over images) for ``eval.json``.
 
@@ -89,8 +101,8 @@ def split_report(summary: ImportanceSamplingSummary, *, num_samples: int) -> dic
         "elbo": float(summary.elbo.double().mean()),
         "log_likelihood": float(log_lik.mean()),
         "log_likelihood_se": mc_se,
-        "log_likelihood_se_images": float(log_lik.std() / math.sqrt(num)) if num > 1 else float("nan"),
-        "elbo_se_images": float(summary.elbo.double().std() / math.sqrt(num)) if num > 1 else float("nan"),
+        "log_likelihood_se_images": mean_se(log_lik)["se"],
+        "elbo_se_images": mean_se(summary.elbo)["se"],
         "gap": float(summary.gap.double().mean()),
         "num_samples": num_samples,
         "num_images": num,

@@ -13,6 +13,7 @@ import torch
 from scipy.special import logsumexp
 
 from pyro_vae import estimators
+from pyro_vae.evaluation import mean_se
 from pyro_vae.likelihoods import GaussianLikelihood
 from pyro_vae.nets import Decoder, GaussianEncoder
 from pyro_vae.priors import StandardNormalPrior
@@ -162,10 +163,10 @@ def evaluate_learned_vae(
         "sigma": sigma,
         "num_test": n,
         "gap_mean": float(gap.mean()),
-        "gap_se": float(gap.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "gap_se": mean_se(gap)["se"],
         "gap_median": float(np.median(gap)),
         "constructive_gap_mean": float(constructive.mean()),
-        "constructive_gap_se": float(constructive.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "constructive_gap_se": mean_se(constructive)["se"],
         "constructive_gap_median": float(np.median(constructive)),
         "moment_matched_gap_mean": float(best_gaussian.mean()),
         "log_p_deficit_vs_p_sigma": float(log_p_sigma.mean() - log_p.mean()),
