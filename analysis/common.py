@@ -30,7 +30,14 @@ from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import ImportanceSamplingSummary
 from pyro_vae.evaluation import mean_se  # noqa: F401  (the studies' one mean +- se helper)
 from pyro_vae.plotting import image_grid
-from pyro_vae.runs import load_eval_data, load_vae_run, read_run_config, score_loaded_run, train_run
+from pyro_vae.runs import (
+    load_eval_data,
+    load_vae_run,
+    read_run_config,
+    resumed_config,
+    score_loaded_run,
+    train_run,
+)
 from pyro_vae.train import TrainHistory
 from pyro_vae.vae import VAE
 
@@ -154,13 +161,17 @@ def train_or_resume(
     resume = (run_dir / CHECKPOINT_NAME).exists()
     if resume:
         saved = read_run_config(run_dir)
-        same = saved.kind == config.kind and saved.model == config.model
-        same = same and {**saved.train.to_dict(), "epochs": 0} == {**config.train.to_dict(), "epochs": 0}
-        if not same or saved.train.epochs > config.train.epochs:
-            raise ConfigError(
-                f"{run_dir} holds another run ({saved.to_dict()}); this study needs "
-                f"{config.to_dict()}; choose another --out or remove that folder"
-            )
+        hint = "this study holds another run there; choose another --out or remove that folder"
+        resumed_config(
+            saved,
+            run_dir,
+            kind=config.kind,
+            model=config.model.to_dict(),
+            train=config.train.to_dict(),
+            hint=hint,
+        )
+        if saved.train.epochs > config.train.epochs:
+            raise ConfigError(f"{run_dir} holds a run of {saved.train.epochs} epochs; {hint}")
     prefix = f"[{label}] " if label else ""
     _, history = train_run(
         config,

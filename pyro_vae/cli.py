@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from .builders import (
@@ -36,7 +35,7 @@ from .cli_options import (
 )
 from .cli_readers import add_reader_commands
 from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN
-from .errors import CheckpointError, ConfigError, PyroVAEError
+from .errors import CheckpointError, PyroVAEError
 from .nets import ACTIVATIONS
 from .plugins import import_plugins, load_entry_point_plugins
 from .schedules import IWAE_SCHEDULE_EPOCHS
@@ -221,41 +220,18 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     given_model = {**preset.get("model", {}), **given_model}
     given_train = {**preset.get("train", {}), **given_train}
     if args.resume:
-        from .runs import read_run_config
+        from .runs import read_run_config, resumed_config
 
         if not (args.out / CHECKPOINT_NAME).is_file():
             raise CheckpointError(
                 f"cannot resume: {args.out / CHECKPOINT_NAME} does not exist; train without --resume first"
             )
-        saved = read_run_config(args.out)
-        if saved.kind != kind:
-            raise ConfigError(
-                f"{args.out} holds a {saved.kind!r} run; resume it with 'pyro-vae train {saved.kind}'"
-            )
-        _check_unchanged(saved.model, given_model, MODEL_FLAGS[kind], args.out)
-        if plugins and plugins != saved.plugins:
-            raise ConfigError(
-                f"the run in {args.out} was trained with the plugins {list(saved.plugins)}; drop --plugin to "
-                "resume it (config.json imports them)"
-            )
-        _check_unchanged(saved.train, {k: v for k, v in given_train.items() if k != "epochs"}, {}, args.out)
-        return replace(
-            saved, train=replace(saved.train, epochs=given_train.get("epochs", saved.train.epochs))
-        )
+        return resumed_config(
+            read_run_config(args.out), args.out, kind=kind, model=given_model, train=given_train,
+            plugins=plugins, flags=MODEL_FLAGS[kind],
+        )  # fmt: skip
     model_config = MODEL_KINDS[kind][0](**given_model)
     return RunConfig(kind=kind, model=model_config, train=TrainConfig(**given_train), plugins=plugins)
-
-
-def _check_unchanged(saved, given: dict, destinations: dict, run_dir: Path) -> None:
-    for name, value in given.items():
-        old = getattr(saved, name)
-        if (tuple(value) if isinstance(value, list) else value) != old:
-            flag = "--" + destinations.get(name, name).replace("_", "-")
-            shown = " ".join(map(str, old)) if isinstance(old, tuple) else old
-            raise ConfigError(
-                f"the run in {run_dir} was trained with {flag} {shown}; drop {flag} to resume it, "
-                f"or train a new run in another --out"
-            )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -182,15 +183,65 @@ def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> Run
         return config
     if not checkpoint.exists():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist; train without --resume first")
-    saved = read_run_config(out_dir)
-    if saved.kind != config.kind:
-        raise ConfigError(f"{out_dir} holds a {saved.kind!r} run, not a {config.kind!r} run")
-    if saved.train.lr_schedule == "cosine" and config.train.epochs != saved.train.epochs:
+    return resumed_config(
+        read_run_config(out_dir), out_dir, kind=config.kind, train={"epochs": config.train.epochs}
+    )
+
+
+def resumed_config(
+    saved: RunConfig,
+    run_dir: Path,
+    *,
+    kind: str,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    plugins: tuple[str, ...] | None = None,
+    flags: dict[str, str] | None = None,
+    hint: str | None = None,
+) -> RunConfig:
+    """The configuration that continues the run ``saved`` in ``run_dir``: the one resume check.
+
+    ``model`` and ``train`` hold the settings asked for (field -> value; the command line passes
+    only the flags given, a study its whole configuration): each must equal the saved one, except
+    ``epochs``, the total to train to (and a cosine schedule fixes even that). ``flags`` names a
+    field's command-line flag in the message; ``hint`` says what to do instead (default: drop the
+    flag or train into another folder).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first setting that differs.
+    """
+    if saved.kind != kind:
         raise ConfigError(
-            f"the run in {out_dir} decays its learning rate by a cosine over {saved.train.epochs} epochs; "
+            f"{run_dir} holds a {saved.kind!r} run; resume it with 'pyro-vae train {saved.kind}'"
+        )
+    flags = flags or {}
+    for section, asked in (
+        ("model", model or {}),
+        ("train", {k: v for k, v in (train or {}).items() if k != "epochs"}),
+    ):
+        for name, value in asked.items():
+            old = getattr(getattr(saved, section), name)
+            if (tuple(value) if isinstance(value, list) else value) != old:
+                flag = "--" + flags.get(name, name).replace("_", "-")
+                shown = " ".join(map(str, old)) if isinstance(old, tuple) else old
+                raise ConfigError(
+                    f"the run in {run_dir} was trained with {flag} {shown}; "
+                    + (hint or f"drop {flag} to resume it, or train a new run in another --out")
+                )
+    if plugins and tuple(plugins) != saved.plugins:
+        raise ConfigError(
+            f"the run in {run_dir} was trained with the plugins {list(saved.plugins)}; "
+            + (hint or "drop --plugin to resume it (config.json imports them)")
+        )
+    epochs = (train or {}).get("epochs", saved.train.epochs)
+    if saved.train.lr_schedule == "cosine" and epochs != saved.train.epochs:
+        raise ConfigError(
+            f"the run in {run_dir} decays its learning rate by a cosine over {saved.train.epochs} epochs; "
             f"resume it with --epochs {saved.train.epochs}"
         )
-    return replace(saved, train=replace(saved.train, epochs=config.train.epochs))
+    return replace(saved, train=replace(saved.train, epochs=epochs))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig:

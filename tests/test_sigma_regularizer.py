@@ -65,7 +65,7 @@ def test_sigma_study_shows_the_trade_off_and_the_bernoulli_reference(tmp_path, c
     assert "epoch" not in capsys.readouterr().out
     # ... and refuses to mix a run of another configuration into the study.
     assert run_study(sigma_regularizer.main, [*SMOKE_FLAGS, "--out", str(out), "--z-dim", "4"]) == 2
-    assert "holds another run" in capsys.readouterr().err
+    assert "this study holds another run there" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sigma", ["0", "-0.1", "nan"])
