@@ -9,6 +9,8 @@ KL = (sum_i log Lambda_ii - log det Lambda) / 2 (Cremer et al., 2018, section 3;
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import pytest
 import torch
@@ -96,3 +98,29 @@ def test_optimization_leaves_the_model_as_it_was():
     optimize_local_parameters(vae, X, max_steps=100)
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
     assert all(p.requires_grad for p in vae.parameters()) and vae.training
+
+
+def test_nuts_draws_match_the_exact_posterior():
+    """analysis.posterior's NUTS on the linear-Gaussian model: the draws' mean and covariance
+    against N(m(x), Sigma), within 5 Monte Carlo standard errors (ESS from arviz)."""
+    import arviz
+
+    from analysis.posterior import sample_posterior
+
+    vae = linear_vae(GaussianEncoder(3, [], 2))
+    vae.requires_grad_(False)
+    x = X[0]
+    torch.manual_seed(0)
+    draws = sample_posterior(vae, x, num_chains=2, num_samples=400, warmup_steps=300)  # (2, 400, 2)
+    sigma = torch.linalg.inv(posterior_precision())
+    mean = sigma @ W.T @ (x - B) / S**2
+    flat = draws.reshape(-1, 2).double()
+    ess = torch.tensor([float(arviz.ess(draws[..., d].numpy())) for d in range(2)], dtype=torch.float64)
+    mean_se = sigma.diagonal().sqrt() / ess.sqrt()
+    assert ((flat.mean(0) - mean).abs() < 5 * mean_se).all(), (flat.mean(0), mean)
+    # the sample variance's standard error is about var * sqrt(2 / ESS)
+    var_se = sigma.diagonal() * (2 / ess).sqrt()
+    assert ((torch.cov(flat.T).diagonal() - sigma.diagonal()).abs() < 5 * var_se).all()
+    correlation = torch.corrcoef(flat.T)[0, 1]
+    exact = sigma[0, 1] / sigma.diagonal().prod().sqrt()
+    assert abs(float(correlation - exact)) < 5 * float(1 - exact**2) / math.sqrt(float(ess.min()))
