@@ -107,15 +107,15 @@ def refit_guide(
 ) -> tuple[RunConfig, torch.nn.Module]:  # fmt: skip
     """Train a fresh ``guide`` encoder on the frozen decoder and prior of ``run_dir`` (resumable).
 
-    The run's own recipe (batch size, learning rate, data split, Eq. 10) is kept, with a
-    constant learning rate for ``epochs`` epochs; the folder ``out_dir`` is a run folder that
-    every loader reads (its weights hold the trained decoder too).
+    The run's own recipe (batch size, learning rate, data split, Eq. 10) is kept, with the
+    learning rate decayed by a cosine over ``epochs`` epochs; the folder ``out_dir`` is a run
+    folder that every loader reads (its weights hold the trained decoder too).
     """
     source_config, source = load_run(run_dir, device=device)
     config = RunConfig(
         kind="vae",
         model=replace(source_config.model, guide=guide, flow_layers=flow_layers),
-        train=replace(source_config.train, epochs=epochs, lr_schedule="none", objective="meanfield"),
+        train=replace(source_config.train, epochs=epochs, lr_schedule="cosine", objective="meanfield"),
     )
     seed_everything(config.train.seed)
     model = build_model(config).to(device)
