@@ -427,6 +427,12 @@ class RunConfig:
             raise ConfigError(f"run configuration is incomplete or malformed ({error})") from None
 
 
+def build_likelihood(config: RunConfig) -> Likelihood:
+    """The likelihood of a run alone (what its data must be: binary or intensities), without its networks."""
+    dim = config.model.x_dim if config.kind == "vae" else config.model.y_dim
+    return _likelihood(config.model, dim)
+
+
 def build_model(config: RunConfig) -> nn.Module:
     """The (freshly initialized) model of a run configuration."""
     return MODEL_KINDS[config.kind][1](config.model)

@@ -24,7 +24,7 @@ import pyro
 import torch
 from torch import nn
 
-from .builders import RunConfig, build_model
+from .builders import RunConfig, build_likelihood, build_model
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from .data import binarize, fixed_binarization, load_mnist, split_column
 from .distributed import DistributedContext
@@ -140,7 +140,7 @@ def load_training_data(config: RunConfig, *, data_dir=None, device: torch.device
     likelihood's support before any training starts.
     """
     task = TASKS[config.kind]
-    likelihood = build_model(config).likelihood
+    likelihood = build_likelihood(config)
     train_images = load_mnist(
         "train", data_dir, subset=config.train.subset, device=device, data_split=config.train.data_split
     ).images
@@ -164,7 +164,7 @@ def load_eval_data(
         split, data_dir, subset=subset, device=device, data_split=config.train.data_split
     ).images
     binary = fixed_binarization(images, config.train.eval_seed)
-    return TASKS[config.kind].eval_arguments(config, images, binary, build_model(config).likelihood)
+    return TASKS[config.kind].eval_arguments(config, images, binary, build_likelihood(config))
 
 
 def prepare_run_folder(out_dir: Path, config: RunConfig, *, resume: bool) -> RunConfig:
