@@ -26,7 +26,8 @@ fresh encoder of another family (for example ``iaf``) on the first run's frozen 
 splits its gap: does a richer family narrow the approximation gap of the same generative model?
 Writes ``inference_gap.json`` (``rows``) and ``inference_gap.png``.
 
-    python -m analysis.inference_gap pretrained/vae-k1 RUNS/iaf --refit iaf --out docs/results
+    python -m analysis.inference_gap RUNS/gaussian RUNS/iaf --refit iaf --refit-dir RUNS/refit-iaf \
+        --out docs/results --figure docs/figures/inference_gap.png
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--refit-epochs", type=int, default=100, help="epochs of the refit encoder")
     parser.add_argument("--flow-layers", type=int, default=2, help="iaf: transforms of the refit encoder")
+    parser.add_argument("--refit-dir", type=Path, help="run folder of the refit (default OUT/refit-GUIDE)")
+    parser.add_argument("--figure", type=Path, help="PNG of the split (default OUT/inference_gap.png)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config, model = load_run(run_dir, device=device, kinds=("vae",))
         models.append((str(run_dir), config, model, f"{run_dir.name} ({config.model.guide})"))
     if args.refit:
-        refit_dir = args.out / f"refit-{args.refit}"
+        refit_dir = args.refit_dir or args.out / f"refit-{args.refit}"
         config, model = refit_guide(
             args.runs[0], args.refit, refit_dir, epochs=args.refit_epochs, flow_layers=args.flow_layers,
             device=device, data_dir=args.data_dir, progress=not args.no_progress,
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"rows": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out")}}
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in results["settings"].items()}
     write_results(args.out, NAME, results)
-    plot_gaps(rows, args.out / f"{NAME}.png")
+    plot_gaps(rows, args.figure or args.out / f"{NAME}.png")
     return results
 
 
