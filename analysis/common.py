@@ -63,11 +63,38 @@ def run_study(main: Callable[[list[str] | None], Any], argv: list[str] | None = 
 
 
 def write_results(out_dir: Path, name: str, results: dict[str, Any]) -> Path:
-    """Write ``out_dir/<name>.json`` atomically (strict JSON: NaN becomes null)."""
+    """Write ``out_dir/<name>.json`` atomically (strict JSON: NaN becomes null).
+
+    ``seconds`` in a study's results is the time of the invocation that wrote them; a study that
+    reuses runs trained by an earlier invocation also spent that earlier time. So ``compute``
+    totals, over every model behind the numbers, ``training_seconds`` (all its epochs, whenever
+    they ran) and ``evaluation_seconds``, beside ``invocation_seconds``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    atomic_write_json(path, results)
+    atomic_write_json(path, {**results, "compute": compute_totals(results)})
     return path
+
+
+def compute_totals(results: dict[str, Any]) -> dict[str, float]:
+    """Sums of every ``train_seconds`` and ``eval_seconds`` in ``results`` (nested anywhere)."""
+    totals = {"training_seconds": 0.0, "evaluation_seconds": 0.0}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if key == "train_seconds" and isinstance(inner, (int, float)):
+                    totals["training_seconds"] += inner
+                elif key == "eval_seconds" and isinstance(inner, (int, float)):
+                    totals["evaluation_seconds"] += inner
+                else:
+                    walk(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner)
+
+    walk({key: value for key, value in results.items() if key != "compute"})
+    return {**totals, "invocation_seconds": float(results.get("seconds", float("nan")))}
 
 
 def save_figure(fig: Figure, path: Path) -> None:

@@ -56,3 +56,28 @@ def test_readme_links_to_files_in_the_repository_resolve():
     assert targets, "the README links its figures"
     missing = sorted({t for t in targets if not (ROOT / t.split("#")[0]).exists()})
     assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_compute_totals_add_every_model_of_a_study():
+    from analysis.common import compute_totals
+
+    results = {
+        "seconds": 5.0,
+        "models": [
+            {"train_seconds": 100.0, "eval_seconds": 10.0},
+            {"train_seconds": 50.0, "eval_seconds": 1.5},
+        ],
+        "trained": {"runs": {"a": {"train_seconds": 7.0}}},
+    }
+    assert compute_totals(results) == {
+        "training_seconds": 157.0, "evaluation_seconds": 11.5, "invocation_seconds": 5.0
+    }  # fmt: skip
+
+
+def test_stored_study_results_state_their_total_compute():
+    import json
+
+    for name in ("latent_dim", "prior_scale", "sigma_regularizer"):
+        compute = json.loads((ROOT / "docs" / "results" / f"{name}.json").read_text())["compute"]
+        assert compute["training_seconds"] > compute["invocation_seconds"] or name == "latent_dim", name
+        assert compute["training_seconds"] > 600, name  # minutes of training behind every table
