@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "valid_elbo": history.valid_elbo,
             "epoch_seconds": history.epoch_seconds,
         }
-        curves["paper"][name] = row.paper_log_likelihood
+        if row.paper_log_likelihood is not None:
+            curves["paper"][name] = row.paper_log_likelihood
     write_results(args.out, NAME, curves)
     plot_curves(curves, args.figure or args.out / f"{NAME}.png")
     return curves
