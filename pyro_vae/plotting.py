@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 from .data import IMAGE_SHAPE
 
@@ -24,18 +25,15 @@ def image_grid(
     padding: int = 2,
     image_shape: tuple[int, int] = IMAGE_SHAPE,
 ) -> np.ndarray:
-    """Tile ``(N, H*W)`` images in [0, 1] into one ``(rows*(H+p)+p, cols*(W+p)+p)`` array."""
-    images = images.detach().float().cpu().reshape(-1, *image_shape).clamp(0, 1).numpy()
-    num = images.shape[0]
-    cols = num_columns or math.ceil(math.sqrt(num))
-    rows = math.ceil(num / cols)
-    height, width = image_shape
-    grid = np.ones((rows * (height + padding) + padding, cols * (width + padding) + padding))
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        top, left = padding + r * (height + padding), padding + c * (width + padding)
-        grid[top : top + height, left : left + width] = image
-    return grid
+    """Tile ``(N, H*W)`` images in [0, 1] into one ``(rows*(H+p)+p, cols*(W+p)+p)`` array.
+
+    ``torchvision.utils.make_grid`` with white padding: ``num_columns`` per row (default the
+    square root of N rounded up; fewer when there are fewer images).
+    """
+    images = images.detach().float().cpu().reshape(-1, 1, *image_shape).clamp(0, 1)
+    cols = num_columns or math.ceil(math.sqrt(images.shape[0]))
+    grid = make_grid(images, nrow=cols, padding=padding, pad_value=1.0)  # (3, height, width)
+    return grid[0].numpy().astype(np.float64)
 
 
 def save_image_grid(

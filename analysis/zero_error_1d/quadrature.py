@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
+from scipy import stats
 from scipy.special import logsumexp
 
 from .construction import f_decoder, g_encoder, log_g_prime
@@ -163,15 +164,9 @@ def fit_power_law(sigmas: np.ndarray, values: np.ndarray) -> tuple[float, float,
     the O(sigma^3) corrections to KL ~ sigma^2 show up in it.
     """
     log_s, log_v = np.log(np.asarray(sigmas, np.float64)), np.log(np.asarray(values, np.float64))
-    centred = log_s - log_s.mean()
-    sxx = float(np.sum(centred**2))
-    slope = float(np.sum(centred * (log_v - log_v.mean())) / sxx)
-    intercept = float(log_v.mean() - slope * log_s.mean())
-    n = log_s.size
-    if n <= 2:
-        return slope, float("nan"), intercept
-    residuals = log_v - (intercept + slope * log_s)
-    return slope, float(math.sqrt(np.sum(residuals**2) / (n - 2) / sxx)), intercept
+    fit = stats.linregress(log_s, log_v)
+    stderr = float(fit.stderr) if log_s.size > 2 else float("nan")  # linregress gives 0 for two points
+    return float(fit.slope), stderr, float(fit.intercept)
 
 
 def gaussian_closed_form(
