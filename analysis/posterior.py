@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
@@ -59,31 +60,34 @@ def sample_posterior(
 ) -> torch.Tensor:
     """NUTS draws from P(z|x) for one image ``x`` (``(x_dim,)``), shape ``(chains, draws, z_dim)``.
 
-    Each chain starts from its own draw of the prior, which is over-dispersed relative to the
-    posterior, as R-hat needs. The potential is -log P(x|z) - log P(z), computed by the decoder
-    and prior modules directly (no parameter store involved).
+    Pyro's ``MCMC(NUTS(model), num_chains=...)`` on the VAE's own model program conditioned on
+    ``x`` (the site ``"x"`` observed, the decoder and prior frozen), so the target is exactly the
+    model's P(x|z) P(z). Each chain starts from its own draw of the prior, over-dispersed relative
+    to the posterior, as R-hat needs. Pyro runs the chains in parallel processes where the machine
+    has a spare core per chain, one after another otherwise.
     """
-    prior = vae.prior()
-
-    def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = params["z"]
-        return -(vae.decoder(z).log_prob(x) + prior.log_prob(z))
-
-    chains = []
-    for chain in range(num_chains):
-        kernel = NUTS(potential_fn=potential, target_accept_prob=0.8, adapt_mass_matrix=True)
-        start = prior.sample()
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            initial_params={"z": start},
-            disable_progbar=not progress,
-        )
-        mcmc.run()
-        chains.append(mcmc.get_samples()["z"].detach())
-        del chain
-    return torch.stack(chains)  # (chains, draws, z_dim)
+    was_training = vae.training
+    frozen = [(p, p.requires_grad) for p in vae.parameters()]
+    vae.eval()  # frozen networks: pyro.module leaves them out of the parameter store, silently
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        conditioned = poutine.condition(vae.model, data={"x": x.unsqueeze(0)})
+        kernel = NUTS(conditioned, target_accept_prob=0.8, adapt_mass_matrix=True, max_plate_nesting=1)
+        starts = vae.prior().sample((num_chains, 1))  # (chains, 1 image, z_dim)
+        with warnings.catch_warnings():
+            # With fewer spare cores than chains Pyro announces that it draws them in turn: expected.
+            warnings.filterwarnings("ignore", message="num_chains=.* is more than available_cpu")
+            mcmc = MCMC(
+                kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+                initial_params={"z": starts if num_chains > 1 else starts[0]}, disable_progbar=not progress,
+            )  # fmt: skip
+            mcmc.run(x.unsqueeze(0))
+    finally:
+        for p, requires_grad in frozen:
+            p.requires_grad_(requires_grad)
+        vae.train(was_training)
+    return mcmc.get_samples(group_by_chain=True)["z"][:, :, 0].detach()  # (chains, draws, z_dim)
 
 
 def mcmc_log_likelihood(
