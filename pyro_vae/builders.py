@@ -23,7 +23,7 @@ from .cvae import (
     LearnedConditionalPrior,
     Regressor,
 )
-from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN, NUM_PIXELS
+from .data import DATA_SPLITS, IMAGE_SIDE, MIDDLE_COLUMN, NUM_PIXELS, column_problem
 from .errors import ConfigError
 from .guides import FullCovarianceEncoder, IAFEncoder
 from .likelihoods import (
@@ -164,8 +164,8 @@ class CVAEConfig(_Config):
         object.__setattr__(self, "likelihood_options", _check_options("likelihood", self.likelihood_options))
         if self.z_dim < 1 or self.condition_dim < 1:
             raise ConfigError(f"z_dim and condition_dim must be >= 1, got {self.z_dim}, {self.condition_dim}")
-        if not 0 <= self.column < IMAGE_SIDE:
-            raise ConfigError(f"column index {self.column} is out of range; choose 0..{IMAGE_SIDE - 1}")
+        if (problem := column_problem(self.column)) is not None:
+            raise ConfigError(problem)
         _check_choice("prior", self.prior, CONDITIONAL_PRIORS)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         if not self.sigma > 0:

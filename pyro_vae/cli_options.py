@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from .builders import OBJECTIVES, TrainConfig
-from .data import IMAGE_SIDE
+from .data import column_problem
 from .schedules import IWAE_SCHEDULE_EPOCHS, LR_SCHEDULES
 
 
@@ -51,8 +51,8 @@ def positive_float(text: str) -> float:
 
 def column_index(text: str) -> int:
     value = _parse(int, text, "an integer")
-    if not 0 <= value < IMAGE_SIDE:
-        raise argparse.ArgumentTypeError(f"column index {value} is out of range; choose 0..{IMAGE_SIDE - 1}")
+    if (problem := column_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

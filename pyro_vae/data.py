@@ -317,10 +317,21 @@ def minibatch_indices(
 MIDDLE_COLUMN = 13
 
 
+def column_problem(column: int) -> str | None:
+    """What is wrong with ``column`` as an image column index, in one line; ``None`` if nothing.
+
+    The one column check: the data functions raise it as a ``DataError``, the configuration as a
+    ``ConfigError``, the command line as a usage error.
+    """
+    if not 0 <= column < IMAGE_SIDE:
+        return f"column index {column} is out of range; choose 0..{IMAGE_SIDE - 1}"
+    return None
+
+
 def column_mask(column: int = MIDDLE_COLUMN) -> torch.Tensor:
     """Boolean mask over the ``NUM_PIXELS`` flattened pixels that selects one image column."""
-    if not 0 <= column < IMAGE_SIDE:
-        raise DataError(f"column index {column} is out of range; choose 0..{IMAGE_SIDE - 1}")
+    if (problem := column_problem(column)) is not None:
+        raise DataError(problem)
     mask = torch.zeros(IMAGE_SHAPE, dtype=torch.bool)
     mask[:, column] = True
     return mask.reshape(NUM_PIXELS)
