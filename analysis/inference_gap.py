@@ -44,10 +44,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.builders import RunConfig, build_model
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from pyro_vae.checkpoint import CHECKPOINT_NAME
 from pyro_vae.local_inference import optimize_local_parameters, score_guide
-from pyro_vae.runs import load_eval_data, load_run, load_training_data
-from pyro_vae.train import TrainHistory, resolve_device, seed_everything, train
+from pyro_vae.runs import load_eval_data, load_run, load_training_data, read_run_history
+from pyro_vae.train import resolve_device, seed_everything, train
 
 from .common import mean_se, run_study, save_figure, study_parser, write_results
 
@@ -141,7 +141,7 @@ def refit_guide(
 
 def training_seconds(run_dir: Path) -> float:
     """The epoch time of a run (for a refit, the encoder's training on the frozen decoder)."""
-    return float(sum(TrainHistory(**load_checkpoint(run_dir / CHECKPOINT_NAME)["history"]).epoch_seconds))
+    return float(sum(read_run_history(run_dir).epoch_seconds))
 
 
 def plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:

@@ -27,9 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pyro_vae.builders import build_model
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from pyro_vae.runs import load_eval_data, read_run_config, score_loaded_run
-from pyro_vae.train import TrainHistory
+from pyro_vae.runs import load_eval_data, read_run_config, read_run_history, score_loaded_run
 from pyro_vae.train_state import list_snapshots, load_snapshot_weights, resolve_device
 
 from .common import run_study, save_figure, study_parser, write_results
@@ -47,7 +45,7 @@ def score_snapshots(
     Epochs already in ``known`` (scored with the same K and test images) are not scored again.
     """
     config = read_run_config(run_dir)
-    history = TrainHistory(**load_checkpoint(run_dir / CHECKPOINT_NAME)["history"])
+    history = read_run_history(run_dir)
     elapsed = np.cumsum(history.epoch_seconds)
     model = build_model(config).to(device).eval()
     splits = {
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name}: no run folder {run_dir}")
             continue
         known = previous.get("runs", {}).get(name, {}).get("snapshots", {}) if same_protocol else {}
-        history = TrainHistory(**load_checkpoint(run_dir / CHECKPOINT_NAME)["history"])
+        history = read_run_history(run_dir)
         curves["runs"][name] = {
             "snapshots": score_snapshots(
                 run_dir,

@@ -30,12 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.export import export_run
-from pyro_vae.runs import describe_weights, evaluate_run, load_eval_data, load_run, read_run_config
-from pyro_vae.train import TrainHistory
+from pyro_vae.runs import (
+    describe_weights,
+    evaluate_run,
+    load_eval_data,
+    load_run,
+    read_run_config,
+    read_run_history,
+)
 
 from .common import run_study, study_parser, write_results
 
@@ -103,7 +108,7 @@ def evaluate_row(
     """Export the best weights of ``row``'s run to ``pretrained/NAME`` and score them on the test split."""
     run_dir = runs / row.run
     config = read_run_config(run_dir)
-    history = TrainHistory(**load_checkpoint(run_dir / CHECKPOINT_NAME)["history"])
+    history = read_run_history(run_dir)
     if history.epochs < config.train.epochs and history.stop is None and not allow_unfinished:
         raise ConfigError(
             f"{run_dir} has trained {history.epochs} of {config.train.epochs} epochs; resume it "

@@ -260,6 +260,11 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+def read_run_history(run_dir: str | os.PathLike) -> TrainHistory:
+    """The per-epoch history of a run folder (training or exported), from its checkpoint."""
+    return TrainHistory(**load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)["history"])
+
+
 def train_run(
     config: RunConfig,
     out_dir: str | os.PathLike,
