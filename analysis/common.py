@@ -38,7 +38,7 @@ from pyro_vae.runs import (
     score_loaded_run,
     train_run,
 )
-from pyro_vae.train import TrainHistory
+from pyro_vae.train import TrainHistory, resolve_device
 from pyro_vae.vae import VAE
 
 
@@ -131,6 +131,51 @@ def add_evaluation_arguments(
     """``--num-samples`` (particles per test image) and ``--eval-subset`` (first N test images, 0: all)."""
     parser.add_argument("--num-samples", "-k", type=int, default=num_samples, help=num_samples_help)
     parser.add_argument("--eval-subset", type=int, default=eval_subset, help="first N test images (0: all)")
+
+
+def training_study_parser(
+    name: str, description: str, *, epochs: int, num_samples: int, eval_subset: int, num_samples_help: str,
+    z_dim: bool = True,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """The parser of a study that trains MNIST VAEs and scores them: :func:`study_parser` with the
+    flags of :func:`add_training_arguments` and :func:`add_evaluation_arguments`; the study adds its own."""
+    parser = study_parser(name, description)
+    add_training_arguments(parser, epochs=epochs, z_dim=z_dim)
+    add_evaluation_arguments(
+        parser, num_samples=num_samples, eval_subset=eval_subset, num_samples_help=num_samples_help
+    )
+    return parser
+
+
+def start_study(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *checks: Callable[[argparse.Namespace], None]
+) -> tuple[argparse.Namespace, torch.device]:
+    """Parse a study's flags, refuse bad ones, pick the device and create ``--out``.
+
+    The shared training and evaluation flags are checked (:func:`check_study_arguments`, where the
+    parser has them), then each of ``checks`` (the study's own flags, raising
+    :class:`ConfigError`): all before a folder is created or a model trained.
+    """
+    args = parser.parse_args(argv)
+    if hasattr(args, "eval_subset"):
+        check_study_arguments(args)
+    for check in checks:
+        check(args)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args, device
+
+
+def check_at_least_one(*flags: str) -> Callable[[argparse.Namespace], None]:
+    """A check for :func:`start_study`: each named integer flag must be >= 1."""
+
+    def check(args: argparse.Namespace) -> None:
+        for flag in flags:
+            value = getattr(args, flag.lstrip("-").replace("-", "_"))
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+    return check
 
 
 def check_study_arguments(args: argparse.Namespace) -> None:

@@ -55,26 +55,11 @@ from matplotlib.figure import Figure
 
 from pyro_vae.builders import RunConfig, VAEConfig
 from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
-from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import DEFAULT_PAIRS_PER_CHUNK
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.runs import load_eval_data
-from pyro_vae.train import resolve_device
 
-from .common import (
-    add_evaluation_arguments,
-    add_training_arguments,
-    check_study_arguments,
-    mean_se,
-    paired_difference,
-    run_study,
-    save_figure,
-    save_image_panels,
-    study_parser,
-    train_and_score,
-    train_config,
-    write_results,
-)
+from . import common
 
 NAME = "latent_dim"
 DEFAULT_Z_DIMS = (1, 2, 3, 4, 8, 16, 30, 100, 1000, 10000)
@@ -102,7 +87,9 @@ def run_label(z_dim: int) -> str:
 
 def run_config(z_dim: int, args) -> RunConfig:
     """The tutorial's MNIST VAE (section 4.1) with ``z_dim`` latent dimensions."""
-    return RunConfig(model=VAEConfig(z_dim=z_dim, hidden_sizes=tuple(args.hidden)), train=train_config(args))
+    return RunConfig(
+        model=VAEConfig(z_dim=z_dim, hidden_sizes=tuple(args.hidden)), train=common.train_config(args)
+    )
 
 
 def noticeably_worse(difference: dict[str, float]) -> bool:
@@ -120,7 +107,7 @@ def judge_claims(z_dims: list[int], per_image: dict[int, torch.Tensor]) -> dict[
     best = max(means, key=means.get)
 
     def versus(z: int, other: int) -> dict[str, Any]:
-        difference = paired_difference(per_image[z], per_image[other])
+        difference = common.paired_difference(per_image[z], per_image[other])
         return {"z": z, "versus": other, **difference, "noticeably_worse": noticeably_worse(difference)}
 
     small = [z for z in z_dims if z < 4]
@@ -182,7 +169,7 @@ def plot_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     fig.suptitle(
         "section 4.1: quality against the number of latent dimensions (same budget for all)", fontsize=10
     )
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -197,31 +184,26 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_ylim(bottom=lowest_final - 20)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = study_parser(NAME, __doc__.splitlines()[0])
+    parser = common.training_study_parser(
+        NAME, __doc__.splitlines()[0], epochs=DEFAULT_EPOCHS, z_dim=False, num_samples=1000,
+        eval_subset=1000, num_samples_help="K for the IS log p(x)",
+    )  # fmt: skip
     parser.add_argument("--z-dims", type=int, nargs="+", default=list(DEFAULT_Z_DIMS))
-    add_training_arguments(parser, epochs=DEFAULT_EPOCHS, z_dim=False)
-    add_evaluation_arguments(
-        parser, num_samples=1000, eval_subset=1000, num_samples_help="K for the IS log p(x)"
+    args, device = common.start_study(
+        parser, argv, lambda args: common.check_positive("--z-dims", args.z_dims)
     )
-    args = parser.parse_args(argv)
-    if min(args.z_dims) < 1:
-        raise ConfigError(f"--z-dims must be positive, got {args.z_dims}")
-    check_study_arguments(args)
     z_dims = sorted(set(args.z_dims))
-
-    device = resolve_device(args.device)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows, per_image, samples = [], {}, []
     for z_dim in z_dims:
         label = run_label(z_dim)
         run_dir = out / "runs" / label
-        scored = train_and_score(
+        scored = common.train_and_score(
             run_config(z_dim, args),
             run_dir,
             args,
@@ -239,12 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(
             {
                 "z_dim": z_dim,
-                "elbo": mean_se(summary.elbo),
-                "log_likelihood": mean_se(summary.log_likelihood),
+                "elbo": common.mean_se(summary.elbo),
+                "log_likelihood": common.mean_se(summary.log_likelihood),
                 "log_likelihood_mc_se": report["log_likelihood_se"],
-                "gap": mean_se(summary.gap),
-                "rate": mean_se(rate),
-                "distortion": mean_se(summary.distortion),
+                "gap": common.mean_se(summary.gap),
+                "rate": common.mean_se(rate),
+                "distortion": common.mean_se(summary.distortion),
                 "active_units": activity.num_active(),
                 "rate_all_images": float(activity.kl_per_datapoint.mean()),
                 "kl_of_inactive_units": activity.kl_of_inactive_units(),
@@ -268,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     best = max(per_image, key=lambda z: float(per_image[z].double().mean()))
     for row in rows:
-        row["log_likelihood_minus_best"] = paired_difference(per_image[row["z_dim"]], per_image[best])
+        row["log_likelihood_minus_best"] = common.paired_difference(per_image[row["z_dim"]], per_image[best])
     claims = judge_claims(z_dims, per_image)
     results = {
         "budget": {
@@ -293,8 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     plot_summary(out / "latent_dim.png", rows)
     plot_curves(out / "elbo_curves.png", rows)
-    save_image_panels(out / "samples_by_z.png", samples, title="decoder means f(z), z ~ N(0, I)")
-    path = write_results(out, NAME, results)
+    common.save_image_panels(out / "samples_by_z.png", samples, title="decoder means f(z), z ~ N(0, I)")
+    path = common.write_results(out, NAME, results)
     verdicts = ", ".join(
         f"{name}: {claims[name]['confirmed']}"
         for name in ("fewer_than_4_noticeably_worse", "1000_good", "10000_degraded")
@@ -304,4 +286,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_study(main))
+    raise SystemExit(common.run_study(main))

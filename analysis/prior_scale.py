@@ -60,24 +60,9 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.priors import ScaledNormalPrior
 from pyro_vae.runs import load_eval_data, load_vae_run
-from pyro_vae.train import resolve_device
 from pyro_vae.vae import VAE
 
-from .common import (
-    add_evaluation_arguments,
-    add_training_arguments,
-    check_positive,
-    check_study_arguments,
-    mean_se,
-    paired_difference,
-    run_study,
-    save_figure,
-    save_image_panels,
-    study_parser,
-    train_and_score,
-    train_config,
-    write_results,
-)
+from . import common
 
 NAME = "prior_scale"
 DEFAULT_LAMBDAS = (0.1, 1.0, 10.0)
@@ -245,7 +230,7 @@ def run_config(scale: float, seed: int, args) -> RunConfig:
         prior="standard" if scale == 1.0 else "scaled",
         prior_scale=scale,
     )
-    return RunConfig(model=model, train=train_config(args, seed=seed))
+    return RunConfig(model=model, train=common.train_config(args, seed=seed))
 
 
 def plot_exact(path: Path, checks: list[dict[str, Any]]) -> None:
@@ -274,7 +259,7 @@ def plot_exact(path: Path, checks: list[dict[str, Any]]) -> None:
     ax.set_title("per-image ELBO with shared noise: invariant to rounding", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def plot_trained(path: Path, rows: list[dict[str, Any]], reference: str) -> None:
@@ -310,7 +295,7 @@ def plot_trained(path: Path, rows: list[dict[str, Any]], reference: str) -> None
     left.set_ylabel("nats per test image")
     right.set_ylabel(f"minus {reference}, same images (nats)")
     right.set_title("a second seed at lambda = 1 shows the training noise", fontsize=9)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -324,11 +309,14 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_ylim(bottom=max(min(min(r["valid_elbo_by_epoch"]) for r in rows), -250))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = study_parser(NAME, __doc__.splitlines()[0])
+    parser = common.training_study_parser(
+        NAME, __doc__.splitlines()[0], epochs=DEFAULT_EPOCHS, num_samples=1000, eval_subset=2000,
+        num_samples_help="K for the IS log p(x)",
+    )  # fmt: skip
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(DEFAULT_LAMBDAS))
     parser.add_argument(
         "--control-seeds", type=int, nargs="*", default=[1], help="extra lambda = 1 runs (training noise)"
@@ -336,30 +324,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--exact-factors", type=float, nargs="+", default=list(DEFAULT_EXACT_FACTORS))
     parser.add_argument("--exact-images", type=int, default=500, help="test images of the exact check")
     parser.add_argument("--exact-particles", type=int, default=100, help="shared draws per image")
-    add_training_arguments(parser, epochs=DEFAULT_EPOCHS)
-    add_evaluation_arguments(
-        parser, num_samples=1000, eval_subset=2000, num_samples_help="K for the IS log p(x)"
-    )
-    args = parser.parse_args(argv)
-    check_positive("--lambdas", args.lambdas)
-    check_positive("--exact-factors", args.exact_factors)
-    check_study_arguments(args)
-    for flag in ("exact_images", "exact_particles"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    args, device = common.start_study(
+        parser, argv,
+        lambda args: common.check_positive("--lambdas", args.lambdas),
+        lambda args: common.check_positive("--exact-factors", args.exact_factors),
+        common.check_at_least_one("--exact-images", "--exact-particles"),
+    )  # fmt: skip
     scales = sorted(set(args.lambdas) | {1.0})  # lambda = 1 is the reference of every comparison
     runs = [(scale, args.seed) for scale in scales] + [(1.0, s) for s in args.control_seeds if s != args.seed]
-
-    device = resolve_device(args.device)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     figure_eps = torch.randn(NUM_FIGURE_SAMPLES, args.z_dim, generator=torch.Generator().manual_seed(0))
     rows, per_image, samples = [], {}, []
     for scale, seed in runs:
         label = run_label(scale, seed)
         run_dir = out / "runs" / label
-        scored = train_and_score(run_config(scale, seed, args), run_dir, args, device=device, label=label)
+        scored = common.train_and_score(
+            run_config(scale, seed, args), run_dir, args, device=device, label=label
+        )
         vae, summary, report = scored.vae, scored.summary, scored.report
         (x,) = scored.data
         latents = latent_statistics(vae, x)
@@ -369,10 +351,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "label": label,
                 "lambda": scale,
                 "seed": seed,
-                "elbo": mean_se(summary.elbo),
-                "log_likelihood": mean_se(summary.log_likelihood),
+                "elbo": common.mean_se(summary.elbo),
+                "log_likelihood": common.mean_se(summary.log_likelihood),
                 "log_likelihood_mc_se": report["log_likelihood_se"],
-                "rate": mean_se(latents.kl_per_datapoint),
+                "rate": common.mean_se(latents.kl_per_datapoint),
                 # Burda's threshold is for a unit-variance prior: scale it by lambda^2 (invariant count).
                 "active_units": latents.num_active(ACTIVITY_THRESHOLD * scale**2),
                 # KL of units below the threshold: mostly posteriors that have not matched the prior
@@ -394,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference = run_label(1.0, args.seed)
     for row in rows:
         for key in ("elbo", "log_likelihood"):
-            difference = paired_difference(per_image[row["label"]][key], per_image[reference][key])
+            difference = common.paired_difference(per_image[row["label"]][key], per_image[reference][key])
             row[f"{key}_minus_reference"] = difference
             row[f"{key}_within_{NUM_SE:g}_se"] = abs(difference["mean"]) <= NUM_SE * difference["se"]
     seed_spread = [
@@ -467,12 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_exact(out / "exact_transform.png", checks)
     plot_trained(out / "trained_lambdas.png", rows, reference)
     plot_curves(out / "elbo_curves.png", rows)
-    save_image_panels(
+    common.save_image_panels(
         out / "samples_by_lambda.png",
         samples,
         title="f(z') for z' = lambda eps, the same eps ~ N(0, I) in every model",
     )
-    path = write_results(out, NAME, results)
+    path = common.write_results(out, NAME, results)
     print(
         f"exact rescaling: max |ELBO difference| {exact_summary['float32']['max_abs_elbo_difference']:.2e} "
         f"(float32), {exact_summary['float64']['max_abs_elbo_difference']:.2e} (float64). Trained: "
@@ -488,4 +470,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_study(main))
+    raise SystemExit(common.run_study(main))

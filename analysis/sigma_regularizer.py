@@ -55,24 +55,10 @@ from pyro_vae.data import NUM_PIXELS, NUM_TRAIN, load_mnist
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.plotting import image_grid
 from pyro_vae.runs import load_eval_data, load_vae_run
-from pyro_vae.train import resolve_device, seed_everything
+from pyro_vae.train import seed_everything
 from pyro_vae.vae import VAE
 
-from .common import (
-    add_evaluation_arguments,
-    add_training_arguments,
-    check_positive,
-    check_study_arguments,
-    mean_se,
-    paired_difference,
-    run_study,
-    save_figure,
-    save_image_panels,
-    study_parser,
-    train_config,
-    train_or_resume,
-    write_results,
-)
+from . import common
 
 NAME = "sigma_regularizer"
 DEFAULT_SIGMAS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -104,7 +90,7 @@ def run_config(sigma: float | None, args) -> RunConfig:
         likelihood=BERNOULLI if sigma is None else "gaussian",
         sigma=1.0 if sigma is None else sigma,  # unused by the Bernoulli
     )
-    return RunConfig(model=model, train=train_config(args))
+    return RunConfig(model=model, train=common.train_config(args))
 
 
 @torch.no_grad()
@@ -161,11 +147,13 @@ def summarize_model(label: str, sigma: float | None, evaluation: dict[str, Any])
         "regularization_weight": None if sigma is None else 2 * sigma**2,
         "active_units": latents.num_active(),
         "kl_of_inactive_units": latents.kl_of_inactive_units(),
-        **{key: mean_se(values) for key, values in per_image.items()},
+        **{key: common.mean_se(values) for key, values in per_image.items()},
     }
     if sigma is not None:
         # Eq. 11's objective, per image: squared error + 2 sigma^2 rate (what training trades).
-        summary["weighted_objective"] = mean_se(per_image["squared_error"] + 2 * sigma**2 * per_image["rate"])
+        summary["weighted_objective"] = common.mean_se(
+            per_image["squared_error"] + 2 * sigma**2 * per_image["rate"]
+        )
     summary["rate_bits"] = summary["rate"]["mean"] / math.log(2)
     summary["distortion_bits"] = summary["distortion"]["mean"] / math.log(2)
     return summary
@@ -181,8 +169,8 @@ def trade_off_steps(
     """
     steps = []
     for small, large in zip(sigmas[:-1], sigmas[1:]):
-        rate = paired_difference(per_image[large]["rate"], per_image[small]["rate"])
-        error = paired_difference(per_image[large]["squared_error"], per_image[small]["squared_error"])
+        rate = common.paired_difference(per_image[large]["rate"], per_image[small]["rate"])
+        error = common.paired_difference(per_image[large]["squared_error"], per_image[small]["squared_error"])
         steps.append(
             {
                 "from_sigma": small,
@@ -263,7 +251,7 @@ def plot_trade_off(path: Path, rows: list[dict[str, Any]], bernoulli: dict[str, 
     ax_plane.set_title("rate-distortion plane: sigma slides along it", fontsize=9)
     ax_plane.grid(alpha=0.3)
     fig.suptitle("section 2.4.3: sigma weighs reconstruction against KL (test images)", fontsize=10)
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def plot_reconstruction_rows(
@@ -285,22 +273,18 @@ def plot_reconstruction_rows(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = study_parser(NAME, __doc__.splitlines()[0])
+    parser = common.training_study_parser(
+        NAME, __doc__.splitlines()[0], epochs=DEFAULT_EPOCHS, num_samples=10, eval_subset=0,
+        num_samples_help="draws z ~ Q(z|X) per test image",
+    )  # fmt: skip
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS))
     parser.add_argument("--no-bernoulli", action="store_true", help="skip the Bernoulli reference model")
-    add_training_arguments(parser, epochs=DEFAULT_EPOCHS)
-    add_evaluation_arguments(
-        parser, num_samples=10, eval_subset=0, num_samples_help="draws z ~ Q(z|X) per test image"
+    args, device = common.start_study(
+        parser, argv, lambda args: common.check_positive("--sigmas", args.sigmas)
     )
-    args = parser.parse_args(argv)
-    check_positive("--sigmas", args.sigmas)
-    check_study_arguments(args)
     sigmas = sorted(set(args.sigmas))
     models: list[float | None] = [*sigmas, *([] if args.no_bernoulli else [None])]
-
-    device = resolve_device(args.device)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     eval_subset = args.eval_subset or None
     target = load_mnist("test", args.data_dir, subset=eval_subset, device=device).images
@@ -310,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         label = run_label(sigma)
         config = run_config(sigma, args)
         run_dir = out / "runs" / label
-        history = train_or_resume(
+        history = common.train_or_resume(
             config, run_dir, data_dir=args.data_dir, device=device, progress=not args.no_progress, label=label
         )
         eval_started = time.perf_counter()
@@ -359,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
     }
     plot_trade_off(out / "rate_distortion.png", rows, bernoulli)
-    save_image_panels(
+    common.save_image_panels(
         out / "samples_by_sigma.png",
         samples,
         title="decoder means f(z) for the same z ~ N(0, I) in every model",
@@ -367,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_reconstruction_rows(
         out / "reconstructions_by_sigma.png", target[:NUM_FIGURE_DIGITS], reconstructions
     )
-    path = write_results(out, NAME, results)
+    path = common.write_results(out, NAME, results)
     described = [
         f"{r['label']}: rate {r['rate']['mean']:.1f} nats, sq. error {r['squared_error']['mean']:.1f}"
         for r in rows
@@ -380,4 +364,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_study(main))
+    raise SystemExit(common.run_study(main))
