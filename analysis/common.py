@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae.builders import DEFAULT_HIDDEN_SIZES, DEFAULT_Z_DIM, OBJECTIVES, RunConfig, TrainConfig
 from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json
+from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import ImportanceSamplingSummary
 from pyro_vae.evaluation import mean_se  # noqa: F401  (the studies' one mean +- se helper)
@@ -200,6 +201,40 @@ def train_config(args: argparse.Namespace, *, seed: int | None = None) -> TrainC
         objective=args.objective,
         subset=args.subset,
     )
+
+
+def training_budget(args: argparse.Namespace, *, z_dim: str, eval_images: int) -> dict[str, Any]:
+    """The ``budget`` record of a training study's results: the network and every training and
+    evaluation flag its numbers depend on (``z_dim``: the latent size as the network shows it)."""
+    return {
+        "network": f"{NUM_PIXELS}-{'-'.join(map(str, args.hidden))}-{z_dim} (decoder mirrored)",
+        "epochs": args.epochs,
+        "train_images": args.subset or NUM_TRAIN,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "objective": args.objective,
+        "num_samples": args.num_samples,
+        "eval_split": "test",
+        "eval_images": eval_images,
+    }
+
+
+def plot_validation_curves(
+    path: Path, curves: dict[str, Sequence[float]], *, bottom: float, size: tuple[float, float] = (6, 4),
+    legend_columns: int = 1,
+) -> None:  # fmt: skip
+    """The validation ELBO of each run against epochs, one line per label."""
+    fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    for label, curve in curves.items():
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation ELBO (nats per image)")
+    ax.set_ylim(bottom=bottom)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=legend_columns)
+    save_figure(fig, path)
 
 
 def paired_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> dict[str, float]:

@@ -54,7 +54,6 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.builders import RunConfig, VAEConfig
-from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
 from pyro_vae.estimators import DEFAULT_PAIRS_PER_CHUNK
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.runs import load_eval_data
@@ -172,21 +171,6 @@ def plot_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     common.save_figure(fig, path)
 
 
-def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.add_subplot()
-    for r in rows:
-        curve = r["valid_elbo_by_epoch"]
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label=f"z = {r['z_dim']}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation ELBO (nats per image)")
-    lowest_final = min(r["valid_elbo_by_epoch"][-1] for r in rows)
-    ax.set_ylim(bottom=lowest_final - 20)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    common.save_figure(fig, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.training_study_parser(
         NAME, __doc__.splitlines()[0], epochs=DEFAULT_EPOCHS, z_dim=False, num_samples=1000,
@@ -254,17 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     claims = judge_claims(z_dims, per_image)
     results = {
         "budget": {
-            "network": f"{NUM_PIXELS}-{'-'.join(map(str, args.hidden))}-z (decoder mirrored)",
+            **common.training_budget(args, z_dim="z", eval_images=int(x_eval.shape[0])),
             "likelihood": "bernoulli (dynamic binarization; one fixed binarization for evaluation)",
-            "epochs": args.epochs,
-            "train_images": args.subset or NUM_TRAIN,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "objective": args.objective,
-            "num_samples": args.num_samples,
-            "eval_split": "test",
-            "eval_images": int(x_eval.shape[0]),
             "activity_images": int(x_all.shape[0]),
             "weights": "best validation epoch",
         },
@@ -274,7 +249,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
     }
     plot_summary(out / "latent_dim.png", rows)
-    plot_curves(out / "elbo_curves.png", rows)
+    lowest_final = min(r["valid_elbo_by_epoch"][-1] for r in rows)
+    common.plot_validation_curves(
+        out / "elbo_curves.png", {f"z = {r['z_dim']}": r["valid_elbo_by_epoch"] for r in rows},
+        bottom=lowest_final - 20, size=(6.5, 4.2), legend_columns=2,
+    )  # fmt: skip
     common.save_image_panels(out / "samples_by_z.png", samples, title="decoder means f(z), z ~ N(0, I)")
     path = common.write_results(out, NAME, results)
     verdicts = ", ".join(

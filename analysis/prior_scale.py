@@ -55,7 +55,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pyro_vae.builders import RunConfig, VAEConfig
-from pyro_vae.data import NUM_PIXELS, NUM_TRAIN
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.priors import ScaledNormalPrior
@@ -298,20 +297,6 @@ def plot_trained(path: Path, rows: list[dict[str, Any]], reference: str) -> None
     common.save_figure(fig, path)
 
 
-def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for r in rows:
-        curve = r["valid_elbo_by_epoch"]
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label=r["label"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation ELBO (nats per image)")
-    ax.set_ylim(bottom=max(min(min(r["valid_elbo_by_epoch"]) for r in rows), -250))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    common.save_figure(fig, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.training_study_parser(
         NAME, __doc__.splitlines()[0], epochs=DEFAULT_EPOCHS, num_samples=1000, eval_subset=2000,
@@ -414,16 +399,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results = {
         "budget": {
-            "network": f"{NUM_PIXELS}-{'-'.join(map(str, args.hidden))}-{args.z_dim} (decoder mirrored)",
+            **common.training_budget(args, z_dim=str(args.z_dim), eval_images=int(x.shape[0])),
             "likelihood": "bernoulli (dynamic binarization; one fixed binarization for evaluation)",
-            "epochs": args.epochs,
-            "train_images": args.subset or NUM_TRAIN,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "objective": args.objective,
-            "num_samples": args.num_samples,
-            "eval_split": "test",
-            "eval_images": int(x.shape[0]),
             "weights": "best validation epoch",
         },
         "exact": {
@@ -448,7 +425,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     plot_exact(out / "exact_transform.png", checks)
     plot_trained(out / "trained_lambdas.png", rows, reference)
-    plot_curves(out / "elbo_curves.png", rows)
+    common.plot_validation_curves(
+        out / "elbo_curves.png", {r["label"]: r["valid_elbo_by_epoch"] for r in rows},
+        bottom=max(min(min(r["valid_elbo_by_epoch"]) for r in rows), -250),
+    )  # fmt: skip
     common.save_image_panels(
         out / "samples_by_lambda.png",
         samples,

@@ -51,7 +51,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from pyro_vae.builders import RunConfig, VAEConfig
-from pyro_vae.data import NUM_PIXELS, NUM_TRAIN, load_mnist
+from pyro_vae.data import load_mnist
 from pyro_vae.evaluation import ACTIVITY_THRESHOLD, latent_statistics
 from pyro_vae.plotting import image_grid
 from pyro_vae.runs import load_eval_data, load_vae_run
@@ -322,18 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bernoulli = next((r for r in rows if r["sigma"] is None), None)
     steps = trade_off_steps(sigmas, per_image)
     results = {
-        "budget": {
-            "network": f"{NUM_PIXELS}-{'-'.join(map(str, args.hidden))}-{args.z_dim} (decoder mirrored)",
-            "epochs": args.epochs,
-            "train_images": args.subset or NUM_TRAIN,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "objective": args.objective,
-            "eval_split": "test",
-            "eval_images": int(target.shape[0]),
-            "num_samples": args.num_samples,
-        },
+        "budget": common.training_budget(args, z_dim=str(args.z_dim), eval_images=int(target.shape[0])),
         "sigmas": sigmas,
         "models": rows,
         "trade_off_steps": steps,

@@ -19,7 +19,7 @@ import torch
 
 from pyro_vae.distributions import FactorizedBernoulli
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 
 def best_time(fn, repeats: int) -> float:
@@ -52,18 +52,14 @@ def main(argv: list[str] | None = None) -> None:
             ours = best_time(lambda d=fused: d.log_prob(x), args.repeats)
             rows.append((k, plain, ours, difference))
             print(f"K={k}: Bernoulli {plain * 1e3:.1f} ms, FactorizedBernoulli {ours * 1e3:.1f} ms")
-    lines = [
-        "## Bernoulli log-density on the evaluation hot loop (`python -m benchmarks.bernoulli_log_prob`)",
-        "",
-        f"Machine: {machine_description()}. One `log_prob` of `(K, {args.batch}, 784)` logits, no "
-        f"gradients, best of {args.repeats}.",
-        "",
-        "| K | `Bernoulli(logits).to_event(1)` (ms) | `FactorizedBernoulli` (ms) | speed-up "
-        "| max difference (nats) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {k} | {p * 1e3:.1f} | {o * 1e3:.1f} | **{p / o:.2f}x** | {d:.1e} |" for k, p, o, d in rows]
-    write_section("bernoulli_log_prob", "\n".join(lines))
+    publish(
+        "bernoulli_log_prob",
+        "Bernoulli log-density on the evaluation hot loop (`python -m benchmarks.bernoulli_log_prob`)",
+        f"One `log_prob` of `(K, {args.batch}, 784)` logits, no gradients, best of {args.repeats}.",
+        [">K", ">`Bernoulli(logits).to_event(1)` (ms)", ">`FactorizedBernoulli` (ms)", ">speed-up",
+         ">max difference (nats)"],
+        [f"| {k} | {p * 1e3:.1f} | {o * 1e3:.1f} | **{p / o:.2f}x** | {d:.1e} |" for k, p, o, d in rows],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

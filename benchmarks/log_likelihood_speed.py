@@ -24,7 +24,7 @@ import torch
 from pyro_vae import VAEConfig, build_vae, estimators
 from pyro_vae.data import fixed_binarization, load_mnist
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 NETWORKS = {
     "784-400-20": VAEConfig(z_dim=20, hidden_sizes=(400,)),
@@ -104,23 +104,16 @@ def main(argv=None) -> None:
             f"| {ref_t / ours_t:.2f}x | {difference:+.3f} |"
         )
         print(rows[-1], flush=True)
-    body = "\n".join(
-        [
-            "## Importance-sampled log p(x) (`python -m benchmarks.log_likelihood_speed`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"{args.images:,} test images x K = {args.num_samples:,} particles, {args.batch_size} images and "
-            f"{args.chunk_size} particles per pass, best of {args.repeats} interleaved repetitions.",
-            "",
-            "| network | device | reference (plain torch) | pyro_vae.estimators | images x particles / s "
-            "| speed-up | mean difference (nats) |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-        ]
-    )
-    if not args.no_write:
-        write_section(f"log_likelihood_speed_{device.type}", body)
-    print(body)
+    publish(
+        f"log_likelihood_speed_{device.type}",
+        "Importance-sampled log p(x) (`python -m benchmarks.log_likelihood_speed`)",
+        f"{args.images:,} test images x K = {args.num_samples:,} particles, {args.batch_size} images and "
+        f"{args.chunk_size} particles per pass, best of {args.repeats} interleaved repetitions.",
+        ["network", "device", ">reference (plain torch)", ">pyro_vae.estimators", ">images x particles / s",
+         ">speed-up", ">mean difference (nats)"],
+        rows,
+        write=not args.no_write,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

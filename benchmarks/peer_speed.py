@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from pyro_vae import VAEConfig, build_vae, train
 from pyro_vae.data import binarize, fixed_binarization, load_mnist
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 FUDGE = 1e-7
 
@@ -127,27 +127,22 @@ def main(argv=None) -> None:
         project_times.append(project_epoch(train_split.images, valid, args.batch_size))
     num = len(train_split)
     peer_t, project_t = min(peer_times), min(project_times)
-    body = "\n".join(
+    publish(
+        "peer_speed",
+        "Against Pyro's VAE example (`python -m benchmarks.peer_speed`)",
+        f"784-400-50, batch {args.batch_size}, {num:,} images per epoch, Trace_ELBO, "
+        f"best of {args.repeats} interleaved epochs. Peer: `examples/vae/vae.py` as written "
+        "(DataLoader over cached tensors, pyro.optim.Adam, validation off); this project: "
+        "`pyro_vae.train` (sliced device-resident batches, dynamic binarization, validation on, "
+        "one torch Adam).",
+        ["setup", ">epoch (s)", ">images/s"],
         [
-            "## Against Pyro's VAE example (`python -m benchmarks.peer_speed`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"784-400-50, batch {args.batch_size}, {num:,} images per epoch, Trace_ELBO, "
-            f"best of {args.repeats} interleaved epochs. Peer: `examples/vae/vae.py` as written "
-            "(DataLoader over cached tensors, pyro.optim.Adam, validation off); this project: "
-            "`pyro_vae.train` (sliced device-resident batches, dynamic binarization, validation on, "
-            "one torch Adam).",
-            "",
-            "| setup | epoch (s) | images/s |",
-            "| --- | ---: | ---: |",
             f"| Pyro examples/vae (peer) | {peer_t:.2f} | {num / peer_t:,.0f} |",
             f"| pyro-vae | {project_t:.2f} | {num / project_t:,.0f} |",
             f"| **speed-up** | | **{peer_t / project_t:.2f}x** |",
-        ]
+        ],
+        write=not args.no_write,
     )
-    if not args.no_write:
-        write_section("peer_speed", body)
-    print(body)
 
 
 if __name__ == "__main__":

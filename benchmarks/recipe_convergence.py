@@ -25,7 +25,7 @@ from pyro_vae.data import binarize, fixed_binarization, load_mnist, minibatch_in
 from pyro_vae.nets import MIN_SCALE
 from pyro_vae.train import evaluate_elbo
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 TUTORIAL_NET = VAEConfig()  # 784-1000-500-250, ReLU, z = 30
 
@@ -87,24 +87,17 @@ def main(argv=None) -> None:
             cells = " | ".join(f"{curve[e - 1]:.2f} ({curve[e - 1] - peer[e - 1]:+.2f})" for e in shown)
             rows.append(f"| {seed} | {label} | {cells} |")
             print(rows[-1], flush=True)
-    body = "\n".join(
-        [
-            "## Convergence of the default objective (`python -m benchmarks.recipe_convergence`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"Tutorial network 784-1000-500-250-30 (ReLU), Adam 1e-3, batch 100, {len(images):,} training "
-            "images; per seed, the same initial weights and minibatch order. Validation ELBO per image "
-            "(nats) on the 10,000 validation images (one-sample ELBO, fixed binarization), after each "
-            "epoch count; in brackets the difference to the plain peer (positive: pyro-vae is ahead).",
-            "",
-            "| seed | setup | " + " | ".join(f"epoch {e}" for e in shown) + " |",
-            "| ---: | --- | " + " | ".join("---:" for _ in shown) + " |",
-            *rows,
-        ]
+    publish(
+        "recipe_convergence",
+        "Convergence of the default objective (`python -m benchmarks.recipe_convergence`)",
+        f"Tutorial network 784-1000-500-250-30 (ReLU), Adam 1e-3, batch 100, {len(images):,} training "
+        "images; per seed, the same initial weights and minibatch order. Validation ELBO per image "
+        "(nats) on the 10,000 validation images (one-sample ELBO, fixed binarization), after each "
+        "epoch count; in brackets the difference to the plain peer (positive: pyro-vae is ahead).",
+        [">seed", "setup", *(f">epoch {e}" for e in shown)],
+        rows,
+        write=not args.no_write,
     )
-    if not args.no_write:
-        write_section("recipe_convergence", body)
-    print(body)
 
 
 if __name__ == "__main__":

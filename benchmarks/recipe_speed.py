@@ -35,7 +35,7 @@ from pyro_vae import VAEConfig, build_vae, train
 from pyro_vae.data import binarize, fixed_binarization, load_mnist, minibatch_indices
 from pyro_vae.nets import MIN_SCALE
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 IWAE_NET = VAEConfig(z_dim=50, hidden_sizes=(200, 200), activation="tanh")
 LOG_2PI = math.log(2 * math.pi)
@@ -137,26 +137,19 @@ def main(argv=None) -> None:
             print(rows[-1], flush=True)
     pyro.clear_param_store()
     epoch_scale = 50_000 / len(images)
-    body = "\n".join(
-        [
-            "## The IWAE paper's network: pyro-vae against plain eager PyTorch "
-            "(`python -m benchmarks.recipe_speed`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"784-200-200-50 tanh (decoder mirrored), {len(images):,} images per epoch (x{epoch_scale:g} for "
-            f"the 50,000-image split), the second epoch of each run, best of {args.repeats} interleaved "
-            "repetitions; the peer is the eager loop of the same loss (default Adam, `torch.bernoulli` "
-            "binarization). Ratio < 1: pyro-vae is faster.",
-            "",
-            "| batch | pyro-vae objective | pyro-vae epoch (s) | plain eager epoch (s) | ratio of best "
-            "| spread of ratios | pyro-vae ms/step |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-        ]
-    )
-    if not args.no_write:
-        write_section("recipe_speed", body)
-    print(body)
+    publish(
+        "recipe_speed",
+        "The IWAE paper's network: pyro-vae against plain eager PyTorch "
+        "(`python -m benchmarks.recipe_speed`)",
+        f"784-200-200-50 tanh (decoder mirrored), {len(images):,} images per epoch (x{epoch_scale:g} for "
+        f"the 50,000-image split), the second epoch of each run, best of {args.repeats} interleaved "
+        "repetitions; the peer is the eager loop of the same loss (default Adam, `torch.bernoulli` "
+        "binarization). Ratio < 1: pyro-vae is faster.",
+        [">batch", "pyro-vae objective", ">pyro-vae epoch (s)", ">plain eager epoch (s)", ">ratio of best",
+         ">spread of ratios", ">pyro-vae ms/step"],
+        rows,
+        write=not args.no_write,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,3 +48,22 @@ def write_section(name: str, body: str, path: Path = RESULTS_PATH) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def publish(
+    name: str, title: str, setup: str, columns: list[str], rows: list[str], *, write: bool = True
+) -> str:
+    """Print a benchmark's section and (``write``) store it in the results file under ``name``.
+
+    The section is the ``## title``, the machine it ran on, a sentence on the ``setup`` and a table
+    with ``columns`` (a name each; a leading ``>`` right-aligns the column) and the ``rows``.
+    """
+    header = "| " + " | ".join(column.lstrip(">") for column in columns) + " |"
+    rule = "| " + " | ".join("---:" if column.startswith(">") else "---" for column in columns) + " |"
+    body = "\n".join(
+        [f"## {title}", "", f"Machine: {machine_description()}. {setup}", "", header, rule, *rows]
+    )
+    if write:
+        write_section(name, body)
+    print(body)
+    return body

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from pyro_vae import VAEConfig, build_vae, train
 from pyro_vae.data import binarize, fixed_binarization, load_mnist
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,23 +68,17 @@ def main(argv=None) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     figure = HERE / f"scaling_{device.type}.png"
-    fig.savefig(figure, dpi=100)
-    body = "\n".join(
-        [
-            f"## Throughput against batch size, {device.type} (`python -m benchmarks.scaling`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"One epoch of {images.shape[0]:,} images per batch size, tutorial network, Trace_ELBO. "
-            f"Plot: [{figure.name}]({figure.name}).",
-            "",
-            "| batch | epoch (s) | images/s |",
-            "| ---: | ---: | ---: |",
-            *rows,
-        ]
+    if not args.no_write:  # --no-write leaves the stored figure alone too
+        fig.savefig(figure, dpi=100)
+    publish(
+        f"scaling_{device.type}",
+        f"Throughput against batch size, {device.type} (`python -m benchmarks.scaling`)",
+        f"One epoch of {images.shape[0]:,} images per batch size, tutorial network, Trace_ELBO. "
+        f"Plot: [{figure.name}]({figure.name}).",
+        [">batch", ">epoch (s)", ">images/s"],
+        rows,
+        write=not args.no_write,
     )
-    if not args.no_write:
-        write_section(f"scaling_{device.type}", body)
-    print(body)
 
 
 if __name__ == "__main__":

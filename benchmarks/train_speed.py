@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pyro_vae import VAEConfig, build_vae, train
 from pyro_vae.data import binarize, fixed_binarization, load_mnist, minibatch_indices
 
-from .results_file import machine_description, write_section
+from .results_file import publish
 
 
 def pyro_epoch(
@@ -107,24 +107,17 @@ def main(argv=None) -> None:
         )
         print(rows[-1], flush=True)
     pyro.clear_param_store()
-    body = "\n".join(
-        [
-            "## Training epoch: Pyro SVI vs plain PyTorch (`python -m benchmarks.train_speed`)",
-            "",
-            f"Machine: {machine_description()}.",
-            f"Network {[784, *args.hidden, args.z_dim]} (decoder mirrored), "
-            f"{images.shape[0]:,} images per epoch, objective `{args.objective}`, "
-            f"best of {args.repeats} interleaved repetitions.",
-            "",
-            "| batch | Pyro SVI images/s | plain PyTorch images/s | time ratio (Pyro / plain) "
-            "| Pyro overhead per step |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-        ]
-    )
-    if not args.no_write:
-        write_section("train_speed", body)
-    print(body)
+    publish(
+        "train_speed",
+        "Training epoch: Pyro SVI vs plain PyTorch (`python -m benchmarks.train_speed`)",
+        f"Network {[784, *args.hidden, args.z_dim]} (decoder mirrored), "
+        f"{images.shape[0]:,} images per epoch, objective `{args.objective}`, "
+        f"best of {args.repeats} interleaved repetitions.",
+        [">batch", ">Pyro SVI images/s", ">plain PyTorch images/s", ">time ratio (Pyro / plain)",
+         ">Pyro overhead per step"],
+        rows,
+        write=not args.no_write,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
