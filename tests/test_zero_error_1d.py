@@ -19,25 +19,19 @@ from scipy.special import log_ndtr
 
 from analysis import zero_error_1d
 from analysis.common import run_study
-from analysis.zero_error_1d import (
-    DEFAULT_SIGMAS,
-    Gaussian1D,
-    GaussianMixture1D,
-    Gumbel1D,
-    default_xs,
-    f_decoder,
+from analysis.zero_error_1d.construction import f_decoder, g_encoder, g_second, kl_expansion, log_g_prime
+from analysis.zero_error_1d.ground_truths import Gaussian1D, GaussianMixture1D, Gumbel1D
+from analysis.zero_error_1d.learned import learned_comparison
+from analysis.zero_error_1d.quadrature import (
     fit_power_law,
-    g_encoder,
-    g_second,
     gaussian_closed_form,
     kl_constructive,
-    kl_expansion,
     kl_moment_matched,
-    log_g_prime,
     standardized_posterior,
     total_variation,
-    zero_error_table,
 )
+from analysis.zero_error_1d.settings import DEFAULT_SIGMAS
+from analysis.zero_error_1d.study import default_xs, zero_error_table
 from pyro_vae.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +306,7 @@ def test_learned_vae_smoke(tmp_path):
     assert row["decoder_orientation"] in ("+z", "-z")
     assert (out / "learned_decoder.png").exists() and (out / "learned_gap.png").exists()
     # seeded: the same settings give the same numbers
-    again = zero_error_1d.learned_comparison(
+    again = learned_comparison(
         GaussianMixture1D(), [0.3], num_train=300, num_test=40, epochs=3, fine_tune_epochs=1,
         hidden_sizes=(16,), num_particles=400, num_points=128,
     )  # fmt: skip
