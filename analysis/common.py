@@ -103,6 +103,12 @@ def save_figure(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_with_se(ax, x: Sequence[float], rows: Sequence[dict[str, Any]], mean: str, se: str, **style) -> None:
+    """``rows[i][mean]`` against ``x`` with error bars ``rows[i][se]`` (circles and caps by default)."""
+    style = {"marker": "o", "capsize": 3, **style}
+    ax.errorbar(x, [r[mean] for r in rows], yerr=[r[se] for r in rows], **style)
+
+
 def check_positive(flag: str, values: Sequence[float]) -> None:
     """Raise :class:`ConfigError` unless every value given to ``flag`` is a finite number > 0."""
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]

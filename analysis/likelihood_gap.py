@@ -36,7 +36,7 @@ from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
-from .common import mean_se, run_study, save_figure, study_parser, write_results
+from .common import mean_se, plot_with_se, run_study, save_figure, study_parser, write_results
 
 NAME = "likelihood_gap"
 
@@ -156,13 +156,8 @@ def plot_likelihood_vs_k(path: Path, summary: dict[str, Any]) -> None:
     ks = [row["k"] for row in summary["by_k"]]
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
-    left.errorbar(
-        ks,
-        [r["log_likelihood"] for r in summary["by_k"]],
-        yerr=[r["log_likelihood_se"] for r in summary["by_k"]],
-        marker="o",
-        capsize=3,
-        label="log p-hat_K(x), z ~ Q(z|X)",
+    plot_with_se(
+        left, ks, summary["by_k"], "log_likelihood", "log_likelihood_se", label="log p-hat_K(x), z ~ Q(z|X)"
     )
     left.axhline(summary["elbo"], color="C1", ls="--", label=f"ELBO {summary['elbo']:.2f}")
     left.set_xscale("log")
@@ -170,14 +165,7 @@ def plot_likelihood_vs_k(path: Path, summary: dict[str, Any]) -> None:
     left.set_ylabel("nats per image")
     left.set_title("mean over images (bars: se over images)")
     left.legend()
-    right.errorbar(
-        ks,
-        [r["gain_over_elbo"] for r in summary["by_k"]],
-        yerr=[r["gain_over_elbo_se"] for r in summary["by_k"]],
-        marker="o",
-        capsize=3,
-        color="C2",
-    )
+    plot_with_se(right, ks, summary["by_k"], "gain_over_elbo", "gain_over_elbo_se", color="C2")
     right.set_xscale("log")
     right.set_xlabel("K (particles per image)")
     right.set_ylabel("log p-hat_K(x) - ELBO(x)  (nats)")

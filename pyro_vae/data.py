@@ -64,35 +64,11 @@ class IdxFile:
 
 # The published md5 sums (the ones torchvision checks) and sizes of the .gz files.
 MNIST_FILES = {
-    ("train", "images"): IdxFile(
-        "train-images-idx3-ubyte.gz",
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        9_912_422,
-        2051,
-        (60_000, IMAGE_SIDE, IMAGE_SIDE),
-    ),
-    ("train", "labels"): IdxFile(
-        "train-labels-idx1-ubyte.gz",
-        "d53e105ee54ea40749a09fcbcd1e9432",
-        28_881,
-        2049,
-        (60_000,),
-    ),
-    ("test", "images"): IdxFile(
-        "t10k-images-idx3-ubyte.gz",
-        "9fb629c4189551a2d022fa330f9573f3",
-        1_648_877,
-        2051,
-        (10_000, IMAGE_SIDE, IMAGE_SIDE),
-    ),
-    ("test", "labels"): IdxFile(
-        "t10k-labels-idx1-ubyte.gz",
-        "ec29112dd5afa0611ce80d1b7f02629c",
-        4_542,
-        2049,
-        (10_000,),
-    ),
-}
+    ("train", "images"): IdxFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", 9_912_422, 2051, (60_000, IMAGE_SIDE, IMAGE_SIDE)),  # noqa: E501
+    ("train", "labels"): IdxFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", 28_881, 2049, (60_000,)),  # noqa: E501
+    ("test", "images"): IdxFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", 1_648_877, 2051, (10_000, IMAGE_SIDE, IMAGE_SIDE)),  # noqa: E501
+    ("test", "labels"): IdxFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", 4_542, 2049, (10_000,)),  # noqa: E501
+}  # fmt: skip
 
 #: How the 60,000 official training images divide into the train and valid splits: the number
 #: of leading images that train (the rest validate). ``standard``: 50,000 / 10,000, this

@@ -209,15 +209,7 @@ def log_weight_terms(
     return LogWeightTerms(observed=terms[0], latent=terms[1], guide=terms[2])
 
 
-def log_weights(
-    model: Callable,
-    guide: Callable,
-    *args,
-    num_samples: int,
-    chunk_size: int | None = None,
-    batch_size: int | None = None,
-    data_plate: str = "data",
-) -> torch.Tensor:
+def log_weights(model: Callable, guide: Callable, *args, num_samples: int, **options) -> torch.Tensor:
     r"""Log importance weights log p(x, z_k) - log q(z_k | x) of every particle and datapoint.
 
     Parameters
@@ -234,6 +226,8 @@ def log_weights(
         about 20,000 (particle, datapoint) pairs per pass.
     batch_size : int, optional
         Datapoints per pass; default: the whole batch at once.
+    data_plate : str
+        Name of the plate over the datapoints (default ``"data"``).
 
     Returns
     -------
@@ -247,15 +241,8 @@ def log_weights(
     EstimatorMemoryError
         If a chunk does not fit in memory; the message names a chunk size to use.
     """
-    return log_weight_terms(
-        model,
-        guide,
-        *args,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        batch_size=batch_size,
-        data_plate=data_plate,
-    ).log_weights
+    # options: chunk_size, batch_size and data_plate, as documented above
+    return log_weight_terms(model, guide, *args, num_samples=num_samples, **options).log_weights
 
 
 def _batch_length(args: tuple) -> int:

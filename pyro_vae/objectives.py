@@ -198,12 +198,7 @@ class IWAE_DReG_ELBO(IWAE_ELBO):  # noqa: N801 (Pyro's naming)
     through z), and a hook multiplies the gradient arriving at every latent value z by
     :math:`\tilde w` (detached), turning :math:`\tilde w` into :math:`\tilde w^2` for phi.
 
-    Parameters
-    ----------
-    num_particles : int
-        K >= 1, importance samples per datapoint.
-    data_plate : str
-        Name of the plate over the datapoints.
+    Its parameters, ``num_particles`` and ``data_plate``, are those of :class:`IWAE_ELBO`.
 
     Raises
     ------

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..common import save_figure
+from ..common import plot_with_se, save_figure
 from .construction import g_encoder, log_g_prime
 from .ground_truths import GroundTruth1D
 from .quadrature import kl_constructive, standardized_posterior
@@ -213,24 +213,11 @@ def plot_learned_gap(path: Path, learned: dict[str, Any]) -> None:
     sigmas = [row["sigma"] for row in rows]
     fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot()
-    ax.errorbar(
-        sigmas,
-        [r["gap_mean"] for r in rows],
-        yerr=[r["gap_se"] for r in rows],
-        marker="o",
-        capsize=3,
-        color="C3",
-        label="learned VAE (SVI, Eq. 10)",
-    )
-    ax.errorbar(
-        sigmas,
-        [r["constructive_gap_mean"] for r in rows],
-        yerr=[r["constructive_gap_se"] for r in rows],
-        marker="s",
-        capsize=3,
-        color="C0",
+    plot_with_se(ax, sigmas, rows, "gap_mean", "gap_se", color="C3", label="learned VAE (SVI, Eq. 10)")
+    plot_with_se(
+        ax, sigmas, rows, "constructive_gap_mean", "constructive_gap_se", marker="s", color="C0",
         label="constructive Q_sigma with f = F^-1 o G",
-    )
+    )  # fmt: skip
     ax.plot(
         sigmas,
         [r["moment_matched_gap_mean"] for r in rows],
