@@ -127,19 +127,19 @@ def gaussian_kl_q_to_fit(q: dist.Distribution, draws: torch.Tensor, *, num_sampl
     return float(torch.distributions.kl_divergence(dist.MultivariateNormal(loc, covariance_matrix=cov), fit))
 
 
-def compare_image(vae: VAE, x: torch.Tensor, draws: torch.Tensor, *, num_is_samples: int) -> dict[str, Any]:
+def compare_image(vae: VAE, x: torch.Tensor, draws: torch.Tensor, *, num_samples: int) -> dict[str, Any]:
     """Q against the NUTS draws for one image: moments and KL(Q || P(z|X)) three ways."""
     with torch.no_grad():
         q = vae.encoder(x.unsqueeze(0))
-        q_loc = guide_mean(q, num_samples=num_is_samples)[0]
-        q_scale = guide_covariance(q, num_samples=num_is_samples)[0].diagonal().sqrt()
+        q_loc = guide_mean(q, num_samples=num_samples)[0]
+        q_scale = guide_covariance(q, num_samples=num_samples)[0].diagonal().sqrt()
     flat = draws.reshape(-1, draws.shape[-1])
-    terms = estimators.log_weight_terms(vae.model, vae.guide, x.unsqueeze(0), num_samples=num_is_samples)
+    terms = estimators.log_weight_terms(vae.model, vae.guide, x.unsqueeze(0), num_samples=num_samples)
     log_w = terms.log_weights
     elbo = float(log_w.mean())
-    elbo_se = float(log_w.std() / math.sqrt(num_is_samples))
+    elbo_se = float(log_w.std() / math.sqrt(num_samples))
     log_p_q = float(estimators.log_mean_exp(log_w)[0])
-    log_p_mcmc, log_p_mcmc_se = mcmc_log_likelihood(vae, x, draws, num_samples=num_is_samples)
+    log_p_mcmc, log_p_mcmc_se = mcmc_log_likelihood(vae, x, draws, num_samples=num_samples)
     return {
         "q_mean": q_loc.tolist(),
         "q_sd": q_scale.tolist(),
@@ -242,10 +242,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("run_dir", type=Path, help="a VAE run folder from 'pyro-vae train vae'")
     parser.add_argument("--images", type=int, default=3, help="number of test images (default 3)")
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=300, help="NUTS draws per chain after warm-up")
+    parser.add_argument(
+        "--draws", type=int, default=300, help="NUTS draws per chain after warm-up (MCMC's num_samples)"
+    )
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument(
-        "--is-samples", type=int, default=5000, help="K for both importance-sampling estimates"
+        "--num-samples", "-k", type=int, default=5000, help="K for both importance-sampling estimates"
     )
     parser.add_argument("--pair-dims", type=int, default=4, help="latent dimensions in each pair plot")
     parser.add_argument("--split", choices=["test", "valid"], default="test")
@@ -263,12 +265,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             vae,
             x,
             num_chains=args.chains,
-            num_samples=args.samples,
+            num_samples=args.draws,
             warmup_steps=args.warmup,
             progress=not args.no_progress,
         ).cpu()
         all_draws.append(draws)
-        comparisons.append(compare_image(vae, x, draws.to(device), num_is_samples=args.is_samples))
+        comparisons.append(compare_image(vae, x, draws.to(device), num_samples=args.num_samples))
         print(
             f"image {i}: KL(Q || P(z|X)) ~ {comparisons[-1]['kl_is_gap']:.2f} (IS gap), "
             f"{comparisons[-1]['kl_mcmc']:.2f} (MCMC route) nats",
@@ -290,9 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "split": args.split,
         "num_images": len(comparisons),
         "num_chains": args.chains,
-        "num_samples": args.samples,
+        "num_draws": args.draws,
         "warmup_steps": args.warmup,
-        "is_samples": args.is_samples,
+        "num_samples": args.num_samples,
         "seconds": time.perf_counter() - started,
         "kl_is_gap": [c["kl_is_gap"] for c in comparisons],
         "kl_mcmc": [c["kl_mcmc"] for c in comparisons],

@@ -45,6 +45,8 @@ from .vae import VAE
 DEFAULT_HIDDEN_SIZES = (1000, 500, 250)
 DEFAULT_Z_DIM = 30
 DEFAULT_SIGMA = 0.1
+#: The Laplace likelihood's scale b unless ``likelihood_options={"scale": b}`` says otherwise.
+DEFAULT_LAPLACE_SCALE = 0.1
 #: The CVAE's conditioning network h(X): 28 column pixels -> 500 -> 250 features.
 DEFAULT_CONDITION_SIZES = (500,)
 DEFAULT_CONDITION_DIM = 250
@@ -59,7 +61,26 @@ class _Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**_laplace_scale_from_sigma({k: v for k, v in values.items() if k in known}))
+
+
+def _laplace_scale_from_sigma(values: dict[str, Any]) -> dict[str, Any]:
+    """Read a configuration written when ``sigma`` doubled as the Laplace scale: move it to its option."""
+    sigma = values.get("sigma", DEFAULT_SIGMA)
+    options = dict(values.get("likelihood_options") or {})
+    if values.get("likelihood") == "laplace" and sigma != DEFAULT_SIGMA and "scale" not in options:
+        return {**values, "sigma": DEFAULT_SIGMA, "likelihood_options": {**options, "scale": sigma}}
+    return values
+
+
+def _check_sigma(config: Any) -> None:
+    if not config.sigma > 0:
+        raise ConfigError(f"sigma must be positive, got {config.sigma}")
+    if config.likelihood == "laplace" and config.sigma != DEFAULT_SIGMA:
+        raise ConfigError(
+            "sigma is the Gaussian likelihood's standard deviation; give the Laplace scale b as "
+            "--likelihood-option scale=b (likelihood_options={'scale': b})"
+        )
 
 
 def _check_sizes(name: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -97,7 +118,8 @@ class VAEConfig(_Config):
     z_dim: int = DEFAULT_Z_DIM
     hidden_sizes: tuple[int, ...] = DEFAULT_HIDDEN_SIZES
     likelihood: str = "bernoulli"
-    #: Gaussian: the fixed standard deviation; gaussian-learned: its initial value; laplace: the scale.
+    #: Gaussian: the fixed standard deviation; gaussian-learned: its initial value. (The Laplace
+    #: likelihood's scale is its own option: ``likelihood_options={"scale": b}``.)
     sigma: float = DEFAULT_SIGMA
     sigma_per_pixel: bool = False  # gaussian-learned: one sigma per pixel instead of one shared
     prior: str = "standard"
@@ -129,8 +151,7 @@ class VAEConfig(_Config):
             # The VampPrior scores z under the guide at its pseudo-inputs: a flow would have to be
             # inverted there, one sequential pass per latent dimension, for every z.
             raise ConfigError("the vamp prior needs a gaussian or full-cov guide, not iaf")
-        if not self.sigma > 0:
-            raise ConfigError(f"sigma must be positive, got {self.sigma}")
+        _check_sigma(self)
         if not self.prior_scale > 0:
             raise ConfigError(f"prior scale must be positive, got {self.prior_scale}")
         if self.num_components < 1:
@@ -168,8 +189,7 @@ class CVAEConfig(_Config):
             raise ConfigError(problem)
         _check_choice("prior", self.prior, CONDITIONAL_PRIORS)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        if not self.sigma > 0:
-            raise ConfigError(f"sigma must be positive, got {self.sigma}")
+        _check_sigma(self)
 
     @property
     def x_dim(self) -> int:
@@ -189,7 +209,7 @@ LIKELIHOODS: dict[str, Callable[[Any, int], Likelihood]] = {
         dim, per_pixel=getattr(config, "sigma_per_pixel", False), init_sigma=config.sigma
     ),
     "continuous-bernoulli": lambda config, dim: ContinuousBernoulliLikelihood(),
-    "laplace": lambda config, dim: LaplaceLikelihood(config.sigma),
+    "laplace": lambda config, dim, scale=DEFAULT_LAPLACE_SCALE: LaplaceLikelihood(scale),
 }
 
 #: VAE prior name -> factory taking the config and the encoder (the VampPrior shares it).

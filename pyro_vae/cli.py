@@ -114,8 +114,8 @@ def _add_train_parser(subparsers, kind: str) -> None:
         p.add_argument(
             "--sigma",
             type=positive_float,
-            help="gaussian: the standard deviation; gaussian-learned: its initial value; laplace: the scale "
-            "(default 0.1)",
+            help="gaussian: the standard deviation; gaussian-learned: its initial value (default 0.1); "
+            "the laplace likelihood's scale is --likelihood-option scale=B (default 0.1)",
         )
         p.add_argument(
             "--sigma-per-pixel",

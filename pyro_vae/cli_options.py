@@ -131,8 +131,12 @@ def add_optimization_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_device_and_data_flags(p: argparse.ArgumentParser) -> None:
+def add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+def add_device_and_data_flags(p: argparse.ArgumentParser) -> None:
+    add_device_flag(p)
     p.add_argument(
         "--data-dir",
         type=Path,

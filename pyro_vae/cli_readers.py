@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_options import add_device_and_data_flags, add_weights_flag, positive_int
+from .cli_options import add_device_and_data_flags, add_device_flag, add_weights_flag, positive_int
 
 
 def add_reader_commands(subparsers) -> None:
@@ -20,79 +20,85 @@ def add_reader_commands(subparsers) -> None:
     _add_export_parser(subparsers)
 
 
+def _reader_parser(
+    subparsers, name: str, handler, *, help: str, description: str, run_dir_help: str, data: bool = True,
+    device: bool = True,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """A subcommand reading RUN_DIR: its positional folder, ``--weights``, and (unless told not to)
+    ``--device`` and ``--data-dir``; the caller adds the subcommand's own flags."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.add_argument("run_dir", type=Path, help=run_dir_help)
+    add_weights_flag(p)
+    if data:
+        add_device_and_data_flags(p)
+    elif device:
+        add_device_flag(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
 def _add_sample_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sample",
-        help="draw digits from a trained VAE",
+    p = _reader_parser(
+        subparsers, "sample", _cmd_sample, help="draw digits from a trained VAE",
         description="Decode z ~ P(z) with a trained VAE and save the decoder means as a grid.",
-    )
-    p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train vae'")
+        run_dir_help="a run folder written by 'pyro-vae train vae'", data=False,
+    )  # fmt: skip
     p.add_argument("--num", type=positive_int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    add_weights_flag(p)
-    p.set_defaults(handler=_cmd_sample)
 
 
 def _add_evaluate_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="importance-sampled log p(x) and ELBO of a trained model",
+    p = _reader_parser(
+        subparsers, "evaluate", _cmd_evaluate,
+        help="importance-sampled log p(x) and ELBO of a trained model",
         description="Estimate the per-datapoint ELBO and log p(x) (log p(y|x) for the CVAE and the "
-        "regressor; the IWAE bound with K particles) on a split, with Monte Carlo standard errors, "
-        "effective sample sizes and PSIS k-hat; print them and write RUN_DIR/eval.json.",
+        "regressor; the IWAE bound with K importance samples) on a split, with Monte Carlo standard "
+        "errors, effective sample sizes and PSIS k-hat; print them and write RUN_DIR/eval.json.",
+        run_dir_help="a run folder written by 'pyro-vae train'",
     )  # fmt: skip
-    p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train'")
     p.add_argument(
-        "--num-samples", "-k", type=positive_int, default=5000, help="K particles per image (default 5000)"
-    )
+        "--num-samples", "-k", type=positive_int, default=5000,
+        help="K importance samples per image (default 5000)",
+    )  # fmt: skip
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--subset", type=positive_int, help="only the first N images of the split")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per batch (default 100)")
     p.add_argument(
-        "--chunk-size",
-        type=positive_int,
-        help="particles per vectorized pass (default: ~20,000 "
-        "particle-image pairs per pass); lower it if memory runs out",
-    )
+        "--chunk-size", type=positive_int,
+        help="samples per vectorized pass (default: ~20,000 sample-image pairs per pass); lower it if "
+        "memory runs out",
+    )  # fmt: skip
     p.add_argument("--no-khat", action="store_true", help="skip the PSIS k-hat fit")
     p.add_argument("--out", type=Path, help="JSON file (default RUN_DIR/eval.json)")
     p.add_argument("--no-progress", action="store_true")
-    add_weights_flag(p)
-    add_device_and_data_flags(p)
-    p.set_defaults(handler=_cmd_evaluate)
 
 
 def _add_complete_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "complete", help="complete test digits from their middle column with a CVAE or regressor run",
+    p = _reader_parser(
+        subparsers, "complete", _cmd_complete,
+        help="complete test digits from their middle column with a CVAE or regressor run",
         description="Draw completions Y ~ P(Y|X) of test digits from their binarized column X (the "
         "tutorial's Fig. 8): rows of samples (CVAE) or the prediction (regressor), and the ground truth.",
+        run_dir_help="a run folder written by 'pyro-vae train cvae' or 'train regressor'",
     )  # fmt: skip
-    p.add_argument(
-        "run_dir", type=Path, help="a run folder written by 'pyro-vae train cvae' or 'train regressor'"
-    )
     p.add_argument(
         "--num-samples", "-s", type=positive_int, default=5, help="completions per digit (default 5)"
     )
     p.add_argument("--num-digits", type=positive_int, default=10, help="test digits (default 10)")
     p.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/completions.png)")
     p.add_argument("--seed", type=int, default=0)
-    add_weights_flag(p)
-    add_device_and_data_flags(p)
-    p.set_defaults(handler=_cmd_complete)
 
 
 def _add_export_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="copy a run's best weights into a small run folder for sharing",
+    p = _reader_parser(
+        subparsers, "export", _cmd_export,
+        help="copy a run's best weights into a small run folder for sharing",
         description="Write config.json, metrics.json and a checkpoint holding one set of weights (no "
         "optimizer state) into OUT: a folder that evaluate, sample and complete load like any run.",
+        run_dir_help="a run folder written by 'pyro-vae train'", data=False, device=False,
     )  # fmt: skip
-    p.add_argument("run_dir", type=Path, help="a run folder written by 'pyro-vae train'")
     p.add_argument("--out", type=Path, required=True, help="the new folder")
-    add_weights_flag(p)
-    p.set_defaults(handler=_cmd_export)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .likelihoods import Likelihood
+from .likelihoods import DecoderLikelihood, Likelihood
 from .nets import MIN_SCALE, MLP, Decoder, GaussianEncoder
 
 
@@ -50,7 +50,7 @@ class ConditionalEncoder(nn.Module):
         return self.gaussian(torch.cat([x, y], dim=-1))
 
 
-class ConditionalDecoder(nn.Module):
+class ConditionalDecoder(DecoderLikelihood, nn.Module):
     """P(Y | z, X) = likelihood(f([z, h(X)])): the decoder reads z beside the condition features.
 
     ``h`` is broadcast against the leading (particle) dimensions of ``z``.
@@ -61,10 +61,6 @@ class ConditionalDecoder(nn.Module):
     ):
         super().__init__()
         self.decoder = Decoder(z_dim + h_dim, hidden_sizes, y_dim, likelihood)
-
-    @property
-    def likelihood(self) -> Likelihood:
-        return self.decoder.likelihood
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> dist.Distribution:
         h = h.expand(*z.shape[:-1], h.shape[-1])
@@ -88,7 +84,7 @@ class LearnedConditionalPrior(nn.Module):
         return dist.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).to_event(1)
 
 
-class CVAE(nn.Module):
+class CVAE(DecoderLikelihood, nn.Module):
     """Conditional VAE assembled from networks that return distributions.
 
     Parameters
@@ -122,10 +118,6 @@ class CVAE(nn.Module):
         self.condition_net = condition_net
         self.name = name
 
-    @property
-    def likelihood(self) -> Likelihood:
-        return self.decoder.likelihood
-
     def _register_model_networks(self) -> None:
         pyro.module(f"{self.name}.condition_net", self.condition_net)
         pyro.module(f"{self.name}.prior", self.prior)
@@ -158,7 +150,7 @@ class CVAE(nn.Module):
         return self.decoder(z, h).mean
 
 
-class Regressor(nn.Module):
+class Regressor(DecoderLikelihood, nn.Module):
     """The baseline of section 5: P(Y|X) = likelihood(f(h(X))), the CVAE's networks without z.
 
     ``model(x, y)`` observes ``"y"`` in the same ``pyro.plate("data")``; the guide has no latent
@@ -171,10 +163,6 @@ class Regressor(nn.Module):
         self.condition_net = condition_net
         self.decoder = decoder
         self.name = name
-
-    @property
-    def likelihood(self) -> Likelihood:
-        return self.decoder.likelihood
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         pyro.module(f"{self.name}.condition_net", self.condition_net)

@@ -59,6 +59,14 @@ class Likelihood(nn.Module):
         return torch.logit(data_mean.clamp(eps, 1 - eps))
 
 
+class DecoderLikelihood:
+    """Mixin for a module with a ``decoder``: ``likelihood`` is its head (what the data must be)."""
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return self.decoder.likelihood
+
+
 class BernoulliLikelihood(Likelihood):
     r"""P(x|z) = prod_i Bernoulli(x_i | sigmoid(f_i(z))), for binary pixels.
 

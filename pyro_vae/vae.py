@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from .guides import guide_location
+from .likelihoods import DecoderLikelihood
 
 
-class VAE(nn.Module):
+class VAE(DecoderLikelihood, nn.Module):
     """A VAE assembled from an encoder, a decoder and a prior (each returns a distribution).
 
     Parameters
@@ -45,10 +46,6 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.prior = prior
         self.name = name
-
-    @property
-    def likelihood(self):
-        return self.decoder.likelihood
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module(f"{self.name}.decoder", self.decoder)

@@ -233,3 +233,17 @@ def test_grayscale_run_with_a_bernoulli_likelihood_is_impossible(tmp_path):
     _, valid, transform = load_training_data(config)
     assert set(valid[0].unique().tolist()) <= {0.0, 1.0}
     assert set(transform(load_mnist("train", subset=10).images)[0].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_laplace_scale_is_its_own_option_not_sigma():
+    x = torch.rand(4, 784)
+    params = torch.randn(4, 784)
+    vae = build_vae(VAEConfig(likelihood="laplace", likelihood_options={"scale": 0.3}))
+    expected = stats.laplace(torch.sigmoid(params).numpy(), 0.3).logpdf(x.numpy()).sum(-1)
+    np.testing.assert_allclose(vae.likelihood(params).log_prob(x).numpy(), expected, rtol=1e-5)
+    assert build_vae(VAEConfig(likelihood="laplace")).likelihood.scale == 0.1  # the default b
+    with pytest.raises(ConfigError, match="--likelihood-option scale="):
+        VAEConfig(likelihood="laplace", sigma=0.3)
+    # a configuration written when sigma doubled as the Laplace scale reads with the same model
+    old = VAEConfig.from_dict({"likelihood": "laplace", "sigma": 0.3})
+    assert old.likelihood_options == {"scale": 0.3} and build_vae(old).likelihood.scale == 0.3

@@ -117,18 +117,24 @@ class GroundTruth1D:
         return self.icdf_of_normal_cdf(rng.standard_normal(num))
 
 
-class Gaussian1D(GroundTruth1D):
-    """N(loc, scale^2): f and g are affine and every quantity of the study has a closed form."""
+class LocationScale1D(GroundTruth1D):
+    """A family with a location and a scale: t = (x - loc) / scale is the standardized variable."""
 
-    name = "gaussian"
+    family = "location-scale distribution"
 
     def __init__(self, loc: float = 0.0, scale: float = 1.0):
         if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
-            raise ConfigError(f"a Gaussian needs a finite loc and a positive scale, got {loc}, {scale}")
+            raise ConfigError(f"a {self.family} needs a finite loc and a positive scale, got {loc}, {scale}")
         self.loc, self.scale = float(loc), float(scale)
 
     def _standardize(self, x):
         return (np.asarray(x, dtype=np.float64) - self.loc) / self.scale
+
+
+class Gaussian1D(LocationScale1D):
+    """N(loc, scale^2): f and g are affine and every quantity of the study has a closed form."""
+
+    name, family = "gaussian", "Gaussian"
 
     def log_pdf(self, x):
         t = self._standardize(x)
@@ -235,7 +241,7 @@ class GaussianMixture1D(GroundTruth1D):
         }
 
 
-class Gumbel1D(GroundTruth1D):
+class Gumbel1D(LocationScale1D):
     r"""Gumbel (maximum) distribution: skewed to the right, density positive on the whole line.
 
     With t = (x - loc) / scale:  log p = -log scale - t - e^{-t},  log F = -e^{-t},
@@ -243,15 +249,7 @@ class Gumbel1D(GroundTruth1D):
     like exp(-e^{-t}), the right one exponentially: g = G^{-1}(F) is curved everywhere.
     """
 
-    name = "gumbel"
-
-    def __init__(self, loc: float = 0.0, scale: float = 1.0):
-        if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
-            raise ConfigError(f"a Gumbel needs a finite loc and a positive scale, got {loc}, {scale}")
-        self.loc, self.scale = float(loc), float(scale)
-
-    def _standardize(self, x):
-        return (np.asarray(x, dtype=np.float64) - self.loc) / self.scale
+    name, family = "gumbel", "Gumbel"
 
     def _exp_minus_t(self, x):
         # e^{-t} overflows to +inf only where the density and the CDF are exactly 0 in float64
