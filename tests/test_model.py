@@ -24,19 +24,11 @@ SMALL = VAEConfig(z_dim=4, hidden_sizes=(32, 16))
 def test_default_architecture_is_the_tutorials():
     vae = build_vae(VAEConfig())
     linear = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linear] == [
-        (784, 1000),
-        (1000, 500),
-        (500, 250),
-        (250, 60),
-    ]
+    layers = [(m.in_features, m.out_features) for m in linear]
+    assert layers == [(784, 1000), (1000, 500), (500, 250), (250, 60)]
     linear = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linear] == [
-        (30, 250),
-        (250, 500),
-        (500, 1000),
-        (1000, 784),
-    ]
+    layers = [(m.in_features, m.out_features) for m in linear]
+    assert layers == [(30, 250), (250, 500), (500, 1000), (1000, 784)]
 
 
 def test_mlp_has_relu_between_layers_only():

@@ -117,6 +117,15 @@ def loss_and_grads(objective, lg, x, params):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
+def same_draws(*setups, params, seed: int) -> list:
+    """``loss_and_grads`` of each (objective, model) in ``setups`` on BATCH, every one from the same seed."""
+    results = []
+    for objective, model in setups:
+        pyro.set_rng_seed(seed)
+        results.append(loss_and_grads(objective, model, BATCH, params))
+    return results
+
+
 def bound_per_datapoint(objective, lg, x, num_calls):
     """Mean over ``num_calls`` calls of the bound per datapoint of ``x``, and its standard error."""
     values = torch.tensor([-objective.loss(lg.model, lg.guide, x) / x.shape[0] for _ in range(num_calls)])
@@ -233,10 +242,9 @@ def test_non_reparameterized_latent_is_refused(objective):
 def test_dreg_has_the_iwae_value_and_theta_gradient(num_particles):
     lg = LinearGaussian()
     params = lg.theta + lg.phi
-    pyro.set_rng_seed(3)
-    value, grads = loss_and_grads(IWAE_ELBO(num_particles), lg, BATCH, params)
-    pyro.set_rng_seed(3)
-    dreg_value, dreg_grads = loss_and_grads(IWAE_DReG_ELBO(num_particles), lg, BATCH, params)
+    (value, grads), (dreg_value, dreg_grads) = same_draws(
+        (IWAE_ELBO(num_particles), lg), (IWAE_DReG_ELBO(num_particles), lg), params=params, seed=3
+    )
     assert torch.allclose(value, dreg_value, rtol=1e-6)
     for g, h in zip(grads[: len(lg.theta)], dreg_grads[: len(lg.theta)]):
         assert torch.allclose(g, h, rtol=1e-5, atol=1e-6)
@@ -281,10 +289,9 @@ def test_nested_plates_match_the_flat_model(objective, num_particles):
     nested = NestedLinearGaussian()
     nested.decoder, nested.encoder = flat.decoder, flat.encoder
     params = flat.theta + flat.phi
-    pyro.set_rng_seed(4)
-    value, grads = loss_and_grads(objective(num_particles), flat, BATCH, params)
-    pyro.set_rng_seed(4)
-    nested_value, nested_grads = loss_and_grads(objective(num_particles), nested, BATCH, params)
+    (value, grads), (nested_value, nested_grads) = same_draws(
+        (objective(num_particles), flat), (objective(num_particles), nested), params=params, seed=4
+    )
     assert torch.allclose(value, nested_value, rtol=1e-5)
     for g, h in zip(grads, nested_grads):
         assert torch.allclose(g, h, rtol=1e-4, atol=1e-5)

@@ -164,16 +164,9 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
     with pytest.raises(TrainingDivergedError, match="epoch 2.*last good checkpoint"):
         train(
-            vae,
-            (images,),
-            (images[:100],),
-            epochs=3,
-            batch_size=100,
-            run_dir=tmp_path,
-            batch_transform=explode_in_epoch_two,
-            progress=False,
-            log=None,
-        )
+            vae, (images,), (images[:100],), epochs=3, batch_size=100, run_dir=tmp_path,
+            batch_transform=explode_in_epoch_two, progress=False, log=None,
+        )  # fmt: skip
     assert load_checkpoint(tmp_path)["epoch"] == 1
 
 
@@ -235,17 +228,9 @@ def test_training_loop_takes_the_same_steps_as_pyro_svi(small_train_images):
     torch.manual_seed(0)
     ours = build_vae(TINY)
     train(
-        ours,
-        (images,),
-        (images[:50],),
-        epochs=1,
-        batch_size=100,
-        lr=1e-3,
-        seed=5,
-        objective="trace",
-        progress=False,
-        log=None,
-    )
+        ours, (images,), (images[:50],), epochs=1, batch_size=100, lr=1e-3, seed=5, objective="trace",
+        progress=False, log=None,
+    )  # fmt: skip
 
     torch.manual_seed(0)
     reference = build_vae(TINY)
