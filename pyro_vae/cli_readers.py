@@ -99,6 +99,10 @@ def _add_export_parser(subparsers) -> None:
         run_dir_help="a run folder written by 'pyro-vae train'", data=False, device=False,
     )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="the new folder")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32",
+        help="precision of the stored weights (float16: half the size; they load as float32)",
+    )  # fmt: skip
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
     from .runs import describe_weights
 
-    path = export_run(args.run_dir, args.out, weights=args.weights)
+    path = export_run(args.run_dir, args.out, weights=args.weights, dtype=args.dtype)
     size = path.stat().st_size / 2**20
     weights = describe_weights(args.out)
     print(f"exported the {weights} weights of {args.run_dir} to {args.out} ({size:.1f} MiB)")

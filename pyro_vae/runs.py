@@ -390,7 +390,8 @@ def selected_weights(state: dict, weights: str) -> tuple[dict, str]:
     exported = state.get("exported")
     if exported is not None:
         origin = f"epoch {exported['epoch']} of {exported['of_epochs']}"
-        return state["model_state"], f"{exported['weights']} ({origin}; exported weights only)"
+        stored = "" if exported.get("dtype", "float32") == "float32" else f", stored as {exported['dtype']}"
+        return state["model_state"], f"{exported['weights']} ({origin}; exported weights only{stored})"
     history = TrainHistory(**state["history"])
     if weights == "best" and state.get("best_model_state") is not None:
         return state["best_model_state"], f"best (epoch {history.best_epoch} of {state['epoch']})"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pyro_vae.builders import PRESETS
 from pyro_vae.cli import main
@@ -215,3 +216,24 @@ def test_export_keeps_one_set_of_weights_that_everything_loads(tmp_path, tiny_va
     assert "already holds a run" in capsys.readouterr().err
     assert run_cli("train", "vae", "--resume", "--epochs", "3", "--out", str(out), "--no-progress") == 2
     assert "exported weights only" in capsys.readouterr().err
+
+
+def test_export_at_half_precision_halves_the_file_and_loads_as_float32(tmp_path, tiny_vae_run, capsys):
+    from pyro_vae import evaluate_run, load_run
+    from pyro_vae.checkpoint import load_checkpoint
+
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert run_cli("export", str(tiny_vae_run), "--out", str(full)) == 0
+    assert run_cli("export", str(tiny_vae_run), "--out", str(half), "--dtype", "float16") == 0
+    assert "stored as float16" in capsys.readouterr().out.splitlines()[-1]
+    assert load_checkpoint(half)["model_state"]["encoder.body.0.weight"].dtype == torch.float16
+    ratio = (half / "checkpoint.pt").stat().st_size / (full / "checkpoint.pt").stat().st_size
+    assert 0.45 < ratio < 0.6
+    _, model = load_run(half)
+    _, reference = load_run(full)
+    for (name, value), (_, exact) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert value.dtype == torch.float32  # the model stays float32; only the stored values are rounded
+        torch.testing.assert_close(value, exact.to(torch.float16).float(), msg=name)
+    rounded, _ = evaluate_run(half, num_samples=20, subset=30, progress=False)
+    original, _ = evaluate_run(full, num_samples=20, subset=30, progress=False)
+    assert abs(rounded["log_likelihood"] - original["log_likelihood"]) < 0.05
