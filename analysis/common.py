@@ -35,6 +35,7 @@ from pyro_vae.runs import (
     load_eval_data,
     load_vae_run,
     read_run_config,
+    read_run_history,
     resumed_config,
     score_loaded_run,
     train_run,
@@ -96,6 +97,13 @@ def compute_totals(results: dict[str, Any]) -> dict[str, float]:
 
     walk({key: value for key, value in results.items() if key != "compute"})
     return {**totals, "invocation_seconds": float(results.get("seconds", float("nan")))}
+
+
+def cost_of(*run_dirs: Path, eval_seconds: float) -> dict[str, Any]:
+    """What a study of already trained runs cost: each run's training seconds (the sum of its epoch
+    times, whenever they ran) and the study's own evaluation seconds; :func:`write_results` totals them."""
+    runs = {str(d): {"train_seconds": float(sum(read_run_history(d).epoch_seconds))} for d in run_dirs}
+    return {"runs": runs, "eval_seconds": float(eval_seconds)}
 
 
 def save_figure(fig: Figure, path: Path) -> None:

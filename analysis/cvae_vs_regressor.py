@@ -36,7 +36,7 @@ from pyro_vae.runs import load_eval_data, load_run
 from pyro_vae.train import resolve_device, seed_everything
 
 from .classifier import train_digit_classifier
-from .common import mean_se, run_study, save_figure, study_parser, write_results
+from .common import cost_of, mean_se, run_study, save_figure, study_parser, write_results
 
 NAME = "cvae_vs_regressor"
 
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "likelihoods": likelihoods,
         "completions": completions,
         "seconds": time.perf_counter() - started,
+        "cost": cost_of(args.cvae, args.regressor, eval_seconds=time.perf_counter() - started),
     }
     path = write_results(out, NAME, results)
     lik = likelihoods

@@ -36,7 +36,7 @@ from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
-from .common import mean_se, plot_with_se, run_study, save_figure, study_parser, write_results
+from .common import cost_of, mean_se, plot_with_se, run_study, save_figure, study_parser, write_results
 
 NAME = "likelihood_gap"
 
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         split=args.split,
         num_images=int(images.shape[0]),
         seconds=time.perf_counter() - started,
+        cost=cost_of(args.run_dir, eval_seconds=time.perf_counter() - started),
         per_image={"gap": arrays["gap"].tolist(), "khat": arrays["khat"].tolist()},
     )
 

@@ -42,7 +42,7 @@ from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
-from .common import run_study, save_figure, study_parser, write_results
+from .common import cost_of, run_study, save_figure, study_parser, write_results
 
 NAME = "posterior"
 STUDENT_T_DOF = 5.0  # heavier tails than the posterior: a safe importance-sampling proposal
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "warmup_steps": args.warmup,
         "num_samples": args.num_samples,
         "seconds": time.perf_counter() - started,
+        "cost": cost_of(args.run_dir, eval_seconds=time.perf_counter() - started),
         "kl_is_gap": [c["kl_is_gap"] for c in comparisons],
         "kl_mcmc": [c["kl_mcmc"] for c in comparisons],
         "kl_mcmc_se": [c["kl_mcmc_se"] for c in comparisons],

@@ -94,6 +94,10 @@ def test_likelihood_gap_study(tiny_vae_run, tmp_path):
         "naive_estimator.png",
     ):
         assert (out / name).stat().st_size > 0, name
+    # the stored compute: the run's training (all its epochs) and this study's evaluation
+    stored = json.loads((out / "likelihood_gap.json").read_text())["compute"]
+    trained = sum(json.loads((tiny_vae_run / "metrics.json").read_text())["epoch_seconds"])
+    assert stored["training_seconds"] == pytest.approx(trained) and stored["evaluation_seconds"] > 0
     gains = [row["gain_over_elbo"] for row in summary["by_k"]]
     errors = [row["gain_over_elbo_se"] for row in summary["by_k"]]
     assert gains[0] == pytest.approx(0.0, abs=1e-9)  # K = 1 blocks average to the ELBO
