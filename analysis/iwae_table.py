@@ -139,6 +139,8 @@ def evaluate_row(
         "log_likelihood_se": report["log_likelihood_se"],
         "log_likelihood_se_images": report["log_likelihood_se_images"],
         "elbo": report["elbo"],
+        # Eq. 5's terms on the same images: the gap log p-hat - ELBO, rate and distortion (section 2.4.2)
+        **{key: report[key] for key in ("gap", "rate", "distortion", "ess_fraction", "khat_over_0_7")},
         "active_units": active,
         "num_images": report["num_images"],
         "num_samples": num_samples,

@@ -19,7 +19,8 @@ def test_the_table_ships_weights_for_every_row():
     for row in ROWS:
         folder = ROOT / row["pretrained"]
         assert (folder / "checkpoint.pt").is_file() and (folder / "config.json").is_file(), folder
-        assert (folder / "checkpoint.pt").stat().st_size < 5 * 2**20  # best weights only, a few MB
+        # best weights only, a few MB: the IWAE network 1.8 MB, the tutorial's 2.8 M weights at float16 5.7 MB
+        assert (folder / "checkpoint.pt").stat().st_size < 6 * 2**20
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row["name"])
