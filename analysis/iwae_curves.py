@@ -123,10 +123,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     curves = {"num_samples": args.num_samples, "test_images": args.test_images, "runs": {}, "paper": {}}
     for name, row in ROWS.items():
         run_dir = runs / row.run
+        earlier = previous.get("runs", {}).get(name) if same_protocol else None
         if not run_dir.is_dir():
-            print(f"{name}: no run folder {run_dir}")
+            # a curve scored earlier stays (its run folder may live on another machine by now)
+            print(f"{name}: no run folder {run_dir}" + ("; keeping its stored curve" if earlier else ""))
+            if earlier:
+                curves["runs"][name] = earlier
+                if row.paper_log_likelihood is not None:
+                    curves["paper"][name] = row.paper_log_likelihood
             continue
-        known = previous.get("runs", {}).get(name, {}).get("snapshots", {}) if same_protocol else {}
+        known = earlier.get("snapshots", {}) if earlier else {}
         history = read_run_history(run_dir)
         curves["runs"][name] = {
             "snapshots": score_snapshots(

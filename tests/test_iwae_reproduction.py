@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,7 @@ def test_table_and_curves_commands_on_a_tiny_run(tmp_path):
     curves = iwae_curves.main([*common, "-k", "4", "--test-images", "20"])
     assert list(curves["runs"]["vae-k1"]["snapshots"]) == ["1", "2"]
     assert (tmp_path / "results" / "iwae_curves.png").is_file()
+    # the run folder gone (another machine, a later session): its stored curve is kept, not dropped
+    shutil.rmtree(runs / iwae_table.ROWS["vae-k1"].run)
+    again = iwae_curves.main([*common, "-k", "4", "--test-images", "20"])
+    assert again["runs"]["vae-k1"] == json.loads(json.dumps(curves["runs"]["vae-k1"]))
