@@ -110,7 +110,10 @@ def test_latent_dim_study(tmp_path):
         assert row["chunk_size"] == latent_dim.chunk_size_for(row["z_dim"])
     best = results["claims"]["best_z"]
     assert next(r for r in results["models"] if r["z_dim"] == best)["log_likelihood_minus_best"]["mean"] == 0
-    assert results["claims"]["fewer_than_4_noticeably_worse"]["confirmed"] in (True, False)
+    claim = results["claims"]["fewer_than_4_noticeably_worse"]
+    (row,) = claim["comparisons"]  # z = 1 against z = 4, by the stated rule
+    assert row["noticeably_worse"] == (row["mean"] < -1.0 and row["mean"] < -3.0 * row["se"])
+    assert claim["confirmed"] == row["noticeably_worse"]
     assert results["claims"]["1000_good"]["confirmed"] is None
 
 
@@ -128,3 +131,20 @@ def test_latent_dim_study(tmp_path):
 def test_latent_dim_refuses_bad_input(tmp_path, capsys, flags):
     assert run_study(latent_dim.main, ["--out", str(tmp_path), *flags]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_judge_claims_applies_its_rule_to_known_differences():
+    """Per-image values built so that each paired difference is known: z = 1 is 5 nats worse than
+    z = 4 on every image (noticeably), z = 2 only 0.5 (not: under 1 nat), z = 3 10 nats worse on
+    average but so noisy that it is within 3 paired standard errors (not)."""
+    base = torch.linspace(-100.0, -80.0, 50, dtype=torch.float64)
+    noise = torch.tensor([60.0, -60.0] * 25, dtype=torch.float64)
+    per_image = {4: base, 1: base - 5.0, 2: base - 0.5, 3: base - 10.0 + noise}
+    claims = latent_dim.judge_claims([1, 2, 3, 4], per_image)
+    verdicts = {r["z"]: r["noticeably_worse"] for r in claims["fewer_than_4_noticeably_worse"]["comparisons"]}
+    assert verdicts == {1: True, 2: False, 3: False}
+    assert claims["fewer_than_4_noticeably_worse"]["confirmed"] is False and claims["best_z"] == 4
+    per_image.update({2: base - 2.0, 3: base - 3.0})
+    assert (
+        latent_dim.judge_claims([1, 2, 3, 4], per_image)["fewer_than_4_noticeably_worse"]["confirmed"] is True
+    )
