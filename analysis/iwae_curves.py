@@ -19,11 +19,13 @@ new snapshots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.builders import build_model
@@ -42,7 +44,9 @@ def score_snapshots(
 ) -> dict[str, dict]:  # fmt: skip
     """``{epoch: {"valid": log p-hat, "test": log p-hat, "wall_seconds": ...}}`` for every snapshot.
 
-    Epochs already in ``known`` (scored with the same K and test images) are not scored again.
+    Epochs already in ``known`` (scored with the same K and test images) are not scored again when
+    their ``weights`` fingerprint matches the snapshot's: a run trained again into the same folder
+    (or a folder from another machine) is scored afresh.
     """
     config = read_run_config(run_dir)
     history = read_run_history(run_dir)
@@ -54,10 +58,14 @@ def score_snapshots(
     }
     scores = dict(known)
     for epoch, path in list_snapshots(run_dir):
-        if str(epoch) in scores or epoch > history.epochs:
+        if epoch > history.epochs:
             continue
-        model.load_state_dict(load_snapshot_weights(path))
-        point = {"wall_seconds": float(elapsed[epoch - 1])}
+        weights = load_snapshot_weights(path)
+        fingerprint = weights_fingerprint(weights)
+        if scores.get(str(epoch), {}).get("weights") == fingerprint:
+            continue
+        model.load_state_dict(weights)
+        point = {"wall_seconds": float(elapsed[epoch - 1]), "weights": fingerprint}
         for split, data in splits.items():
             report, _ = score_loaded_run(
                 config, model, data, num_samples=num_samples, split=split, weights=path.name, device=device,
@@ -70,6 +78,15 @@ def score_snapshots(
             f"{run_dir.name} epoch {epoch}: valid {point['valid']:.2f}, test {point['test']:.2f}", flush=True
         )
     return dict(sorted(scores.items(), key=lambda item: int(item[0])))
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """The first 16 hex digits of the SHA-256 of a state dict's names and values (in order)."""
+    digest = hashlib.sha256()
+    for name, value in state.items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def plot_curves(curves: dict[str, Any], path: Path) -> None:

@@ -78,6 +78,12 @@ def test_curves_score_each_snapshot_once(runs, capsys):
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert again == scores and "epoch 2:" in printed and "epoch 1:" not in printed  # only the new one scored
+    # a stored point whose weights are not the snapshot's (another run in this folder) is scored again
+    stale = {"1": {**scores["1"], "weights": "0123456789abcdef", "test": 0.0}}
+    fresh = iwae_curves.score_snapshots(
+        runs / "done", stale, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
+    )
+    assert fresh == scores and "epoch 1:" in capsys.readouterr().out
 
 
 def test_table_and_curves_commands_on_a_tiny_run(tmp_path):
