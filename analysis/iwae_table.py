@@ -120,9 +120,7 @@ def evaluate_row(
     if shipped.exists():
         shutil.rmtree(shipped)  # a re-evaluation ships the weights it scored
     export_run(run_dir, shipped, dtype=row.export_dtype)
-    report, _ = evaluate_run(
-        shipped, num_samples=num_samples, subset=subset, device=device, data_dir=data_dir, progress=progress
-    )
+    # The cheap measurements first, so that a fault in them cannot waste the long evaluation.
     check, _ = evaluate_run(
         shipped, num_samples=CHECK_SAMPLES, subset=CHECK_IMAGES, device=device, data_dir=data_dir,
         progress=False,
@@ -130,6 +128,9 @@ def evaluate_row(
     config, model = load_run(shipped, device=device)
     test_binary = load_eval_data(config, "test", subset=subset, data_dir=data_dir, device=device)[0]
     active = latent_statistics(model, test_binary).num_active(ACTIVITY_THRESHOLD)
+    report, _ = evaluate_run(
+        shipped, num_samples=num_samples, subset=subset, device=device, data_dir=data_dir, progress=progress
+    )
     return {
         "name": row.name,
         "description": row.description,

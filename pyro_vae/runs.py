@@ -161,7 +161,7 @@ def load_eval_data(
     5); its targets only for a binary likelihood.
     """
     images = load_mnist(
-        split, data_dir, subset=subset, device=device, data_split=config.train.data_split
+        split, data_dir, subset=subset, device=resolve_device(device), data_split=config.train.data_split
     ).images
     binary = fixed_binarization(images, config.train.eval_seed)
     return TASKS[config.kind].eval_arguments(config, images, binary, build_likelihood(config))

@@ -92,7 +92,9 @@ def test_table_and_curves_commands_on_a_tiny_run(tmp_path):
     runs = tmp_path / "runs"
     config = RunConfig(model=VAEConfig(z_dim=4, hidden_sizes=(32,)), train=TrainConfig(epochs=2, subset=300))
     train_run(config, runs / iwae_table.ROWS["vae-k1"].run, snapshot_epochs=(1, 2), progress=False, log=None)
-    common = ["--runs", str(runs), "--out", str(tmp_path / "results"), "--device", "cpu", "--no-progress"]
+    # --device is left at its default, auto: every step of the table must resolve it (a 55-minute
+    # evaluation was once lost to the active-unit count receiving "auto" after it)
+    common = ["--runs", str(runs), "--out", str(tmp_path / "results"), "--no-progress"]
     pretrained = tmp_path / "pretrained"
     table = iwae_table.main(
         [*common, "--rows", "vae-k1", "-k", "5", "--subset", "40", "--pretrained", str(pretrained)]
