@@ -167,13 +167,12 @@ def start_study(
 ) -> tuple[argparse.Namespace, torch.device]:
     """Parse a study's flags, refuse bad ones, pick the device and create ``--out``.
 
-    The shared training and evaluation flags are checked (:func:`check_study_arguments`, where the
-    parser has them), then each of ``checks`` (the study's own flags, raising
-    :class:`ConfigError`): all before a folder is created or a model trained.
+    ``parser`` comes from :func:`training_study_parser`: its shared training and evaluation flags
+    are checked (:func:`check_study_arguments`), then each of ``checks`` (the study's own flags,
+    raising :class:`ConfigError`): all before a folder is created or a model trained.
     """
     args = parser.parse_args(argv)
-    if hasattr(args, "eval_subset"):
-        check_study_arguments(args)
+    check_study_arguments(args)
     for check in checks:
         check(args)
     device = resolve_device(args.device)
