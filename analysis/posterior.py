@@ -42,7 +42,7 @@ from pyro_vae.runs import load_eval_data, load_vae_run
 from pyro_vae.train import resolve_device, seed_everything
 from pyro_vae.vae import VAE
 
-from .common import cost_of, run_study, save_figure, study_parser, write_results
+from .common import check_at_least_one, cost_of, run_study, save_figure, study_parser, write_results
 
 NAME = "posterior"
 STUDENT_T_DOF = 5.0  # heavier tails than the posterior: a safe importance-sampling proposal
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pair-dims", type=int, default=4, help="latent dimensions in each pair plot")
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     args = parser.parse_args(argv)
+    check_at_least_one("--images", "--chains", "--draws", "--num-samples", "--pair-dims")(args)
 
     device = resolve_device(args.device)
     config, vae = load_vae_run(args.run_dir, device=device)

@@ -174,3 +174,11 @@ def test_kl_to_the_gaussian_fit_of_the_draws_for_each_guide(guide):
     assert abs(kl - float(terms.mean())) < 5 * float(terms.std()) / 20000**0.5 * (
         1.5 if guide == "iaf" else 1
     )
+
+
+@pytest.mark.parametrize("flag", ["--draws", "--chains", "--num-samples", "--images"])
+def test_posterior_refuses_counts_below_one(tiny_vae_run, tmp_path, capsys, flag):
+    from analysis.common import run_study
+
+    assert run_study(posterior.main, [str(tiny_vae_run), "--out", str(tmp_path), flag, "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {flag} must be >= 1, got 0"
