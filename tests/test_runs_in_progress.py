@@ -13,8 +13,9 @@ was measured there: 20 fresh draws of the validation ELBO spread with a standard
 0.21 nats. Perturbing the resumed state changed far less (weights by 1e-7 relative: 0.000 nats;
 Adam's moments reset: 0.008; another minibatch order: 0.014). So the test checks that the
 committed checkpoint loads, resumes and holds trained weights, not exactness: the tolerance of
-1 nat (about 5 standard deviations) catches a checkpoint of epoch 500 (its logged validation
-ELBO -93.94) or an untrained one (epoch 1: -136.48), not one a hundred epochs stale.
+1 nat (about 5 standard deviations) catches an untrained checkpoint (epoch 1: -136.48), only
+just one of epoch 500 (its logged validation ELBO -93.94, 1.15 nats off), and not one a hundred
+epochs stale.
 """
 
 from __future__ import annotations
