@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae.builders import build_model
 from pyro_vae.runs import load_eval_data, read_run_config, read_run_history, score_loaded_run
-from pyro_vae.train_state import list_snapshots, load_snapshot_weights, resolve_device
+from pyro_vae.train_state import TrainHistory, list_snapshots, load_snapshot_weights, resolve_device
 
 from .common import run_study, save_figure, study_parser, write_results
 from .iwae_table import DEFAULT_RUNS, ROWS
@@ -39,17 +39,17 @@ NAME = "iwae_curves"
 
 
 def score_snapshots(
-    run_dir: Path, known: dict[str, dict], *, num_samples: int, test_images: int, device, data_dir,
-    progress: bool,
+    run_dir: Path, history: TrainHistory, known: dict[str, dict], *, num_samples: int, test_images: int,
+    device, data_dir, progress: bool,
 ) -> dict[str, dict]:  # fmt: skip
     """``{epoch: {"valid": log p-hat, "test": log p-hat, "wall_seconds": ...}}`` for every snapshot.
 
     Epochs already in ``known`` (scored with the same K and test images) are not scored again when
     their ``weights`` fingerprint matches the snapshot's: a run trained again into the same folder
-    (or a folder from another machine) is scored afresh.
+    (or a folder from another machine) is scored afresh. ``history`` is the run's (its epoch times
+    give the wall-clock of each point).
     """
     config = read_run_config(run_dir)
-    history = read_run_history(run_dir)
     elapsed = np.cumsum(history.epoch_seconds)
     model = build_model(config).to(device).eval()
     splits = {
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curves["runs"][name] = {
             "snapshots": score_snapshots(
                 run_dir,
+                history,
                 known,
                 num_samples=args.num_samples,
                 test_images=args.test_images,

@@ -11,6 +11,7 @@ import pytest
 from analysis import iwae_curves, iwae_table
 from pyro_vae import RunConfig, TrainConfig, VAEConfig, evaluate_run, train_run
 from pyro_vae.errors import ConfigError
+from pyro_vae.runs import read_run_history
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "results" / "iwae_table.json"
@@ -65,15 +66,17 @@ def test_an_unfinished_run_is_refused_unless_asked(runs, tmp_path):
 
 
 def test_curves_score_each_snapshot_once(runs, capsys):
+    done = runs / "done"
+    history = read_run_history(done)
     scores = iwae_curves.score_snapshots(
-        runs / "done", {}, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
+        done, history, {}, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
     )
     assert list(scores) == ["1", "2"]
     assert 0 < scores["1"]["wall_seconds"] < scores["2"]["wall_seconds"]
     assert scores["2"]["test"] > scores["1"]["test"] - 5  # one more epoch does not ruin the model
     capsys.readouterr()
     again = iwae_curves.score_snapshots(
-        runs / "done", {"1": scores["1"]}, num_samples=5, test_images=30, device="cpu", data_dir=None,
+        done, history, {"1": scores["1"]}, num_samples=5, test_images=30, device="cpu", data_dir=None,
         progress=False,
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -81,7 +84,7 @@ def test_curves_score_each_snapshot_once(runs, capsys):
     # a stored point whose weights are not the snapshot's (another run in this folder) is scored again
     stale = {"1": {**scores["1"], "weights": "0123456789abcdef", "test": 0.0}}
     fresh = iwae_curves.score_snapshots(
-        runs / "done", stale, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
+        done, history, stale, num_samples=5, test_images=30, device="cpu", data_dir=None, progress=False
     )
     assert fresh == scores and "epoch 1:" in capsys.readouterr().out
 
