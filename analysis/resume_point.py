@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | None]:
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="default: runs-in-progress/")
     parser.add_argument("--at-epoch", type=int, default=0, help="wait for this epoch first (default: now)")
     parser.add_argument("--stop", action="store_true", help="end the training once the next epoch is in")
-    parser.add_argument("--poll-seconds", type=float, default=10.0)
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="seconds between checks (default 1)")
     parser.add_argument("--timeout-hours", type=float, default=12.0, help="give up waiting after this long")
     args = parser.parse_args(argv)
     run_dir = args.run.expanduser()

@@ -8,7 +8,8 @@ that number.
 
 Not to the last digit: the validation ELBO draws one z per image from the training process's
 random stream, and a resumed jit-iwae run does not continue that stream draw for draw (measured
-on the IWAE k = 5 run at epoch 1,000: resumed -93.03 against the logged -92.79). The noise itself
+on the IWAE k = 5 run when its committed resume point was epoch 1,000: resumed -93.03 against the
+logged -92.79; the numbers below come from that checkpoint too). The noise itself
 was measured there: 20 fresh draws of the validation ELBO spread with a standard deviation of
 0.21 nats. Perturbing the resumed state changed far less (weights by 1e-7 relative: 0.000 nats;
 Adam's moments reset: 0.008; another minibatch order: 0.014). So the test checks that the
