@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from pyro_vae.errors import ConfigError
-from pyro_vae.run_folder import LOCK_NAME
+from pyro_vae.run_folder import lock_holder
 from pyro_vae.runs import CONFIG_NAME
 from pyro_vae.train_state import METRICS_NAME, TrainHistory
 
@@ -104,16 +104,14 @@ def record_next_epoch(run_dir: Path, dest_root: Path, epoch: int) -> float:
 
 
 def stop_training(run_dir: Path) -> int | None:
-    """Send SIGTERM to the process named in ``run_dir``'s lock file; return its pid (None if none).
+    """Send SIGTERM to the process that holds ``run_dir``'s training lock; return its pid (None if none).
 
     Training replaces its checkpoint atomically, so ending it between two saves loses at most the
     epoch in progress, which ``pyro-vae train --resume`` trains again.
     """
-    path = run_dir / LOCK_NAME
-    text = path.read_text().strip() if path.is_file() else ""
-    if not text.isdigit():
+    pid = lock_holder(run_dir)
+    if pid is None:
         return None
-    pid = int(text)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -67,6 +67,28 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
+def lock_holder(run_dir: str | os.PathLike) -> int | None:
+    """The pid of the live process that holds ``run_dir``'s training lock, or None if none does.
+
+    The pid in a lock file left by a dead process may belong to another process by now, so the
+    lock itself is asked (a shared ``flock`` fails while training holds the exclusive one).
+    """
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    pid = _read_pid(path)
+    if fcntl is None:  # pragma: no cover - Windows: the file exists only while its holder lives
+        return int(pid) if pid.isdigit() and _process_alive(int(pid)) else None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return int(pid) if pid.isdigit() else None
+    finally:
+        os.close(fd)  # releases the shared lock if it was taken
+    return None
+
+
 def make_run_folder(run_dir: str | os.PathLike) -> Path:
     """Create ``run_dir`` (and its parents) or say in one line why it cannot be a folder."""
     run_dir = Path(run_dir)

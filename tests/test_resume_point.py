@@ -43,14 +43,33 @@ def test_waiting_gives_up_after_the_timeout(tiny_vae_run):
         resume_point.wait_for_epoch(tiny_vae_run, 99, poll_seconds=0.01, timeout_seconds=0.05)
 
 
-def test_stop_sends_sigterm_to_the_lock_holder(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_stop_sends_sigterm_to_the_lock_holder_only(tmp_path):
+    """A process that holds the run's lock gets SIGTERM; a pid left in the file by a process that
+    no longer holds it (its number may belong to another process by now) gets nothing."""
+    holder = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    lock = tmp_path / ".lock"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trainer = None
     try:
-        (tmp_path / ".lock").write_text(f"{sleeper.pid}\n")
-        assert resume_point.stop_training(tmp_path) == sleeper.pid
-        assert sleeper.wait(timeout=10) == -15
+        lock.write_text(f"{bystander.pid}\n")  # a stale pid: nobody holds the lock
+        assert resume_point.stop_training(tmp_path) is None
+        trainer = subprocess.Popen(
+            [sys.executable, "-c", holder, str(lock)], stdout=subprocess.PIPE, text=True
+        )
+        assert trainer.stdout.readline().strip() == "locked"
+        lock.write_text(f"{trainer.pid}\n")  # what training writes once it holds the lock
+        assert resume_point.stop_training(tmp_path) == trainer.pid
+        assert trainer.wait(timeout=10) == -15 and bystander.poll() is None
     finally:
-        sleeper.kill()
+        for process in (bystander, trainer):
+            if process is not None:
+                process.kill()
+                process.wait()
+        if trainer is not None:
+            trainer.stdout.close()
     assert resume_point.stop_training(tmp_path / "missing") is None
 
 
