@@ -33,7 +33,7 @@ from pathlib import Path
 from pyro_vae.checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint
 from pyro_vae.errors import ConfigError
 from pyro_vae.run_folder import lock_holder
-from pyro_vae.runs import CONFIG_NAME
+from pyro_vae.runs import CONFIG_NAME, read_run_history
 from pyro_vae.train_state import METRICS_NAME, TrainHistory
 
 DEFAULT_DEST = Path(__file__).resolve().parents[1] / "runs-in-progress"
@@ -92,7 +92,7 @@ def record_next_epoch(run_dir: Path, dest_root: Path, epoch: int) -> float:
     ``run_dir`` must have trained past ``epoch`` (:func:`wait_for_epoch`). The value comes from
     the checkpoint's history at full precision (the log prints two decimals).
     """
-    history = TrainHistory(**load_checkpoint(run_dir / CHECKPOINT_NAME)["history"])
+    history = read_run_history(run_dir)
     if history.epochs <= epoch:
         raise ConfigError(f"{run_dir} has trained {history.epochs} epochs, not past epoch {epoch}")
     next_elbo = float(history.valid_elbo[epoch])  # 0-based: the value of epoch + 1
