@@ -36,6 +36,8 @@ from pyro_vae.run_folder import lock_holder
 from pyro_vae.runs import CONFIG_NAME, read_run_history
 from pyro_vae.train_state import METRICS_NAME, TrainHistory
 
+from .common import check_positive, run_study
+
 DEFAULT_DEST = Path(__file__).resolve().parents[1] / "runs-in-progress"
 INDEX_NAME = "index.json"
 
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | None]:
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="seconds between checks (default 1)")
     parser.add_argument("--timeout-hours", type=float, default=12.0, help="give up waiting after this long")
     args = parser.parse_args(argv)
+    check_positive("--poll-seconds", [args.poll_seconds])
+    check_positive("--timeout-hours", [args.timeout_hours])
     run_dir = args.run.expanduser()
     if not (run_dir / CONFIG_NAME).is_file() or not (run_dir / CHECKPOINT_NAME).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (needs {CONFIG_NAME} and {CHECKPOINT_NAME})")
@@ -147,6 +151,4 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | None]:
 
 
 if __name__ == "__main__":
-    from analysis.common import run_study
-
     raise SystemExit(run_study(main))

@@ -82,6 +82,8 @@ def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
         == f"error: {tmp_path} is not a run folder (needs config.json and checkpoint.pt)"
     )
     assert not os.path.exists(tmp_path / "d")
+    assert run_study(resume_point.main, ["--run", str(tmp_path), "--poll-seconds", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --poll-seconds needs positive numbers, got [-1.0]"
 
 
 def test_main_copies_then_waits_for_the_next_epoch(tiny_vae_run, tmp_path):
