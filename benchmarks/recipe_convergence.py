@@ -18,13 +18,12 @@ import argparse
 
 import pyro
 import torch
-import torch.nn.functional as F
 
 from pyro_vae import VAEConfig, build_vae, train
 from pyro_vae.data import binarize, fixed_binarization, load_mnist, minibatch_indices
-from pyro_vae.nets import MIN_SCALE
 from pyro_vae.train import evaluate_elbo
 
+from .plain_vae import meanfield_terms
 from .results_file import publish
 
 TUTORIAL_NET = VAEConfig()  # 784-1000-500-250, ReLU, z = 30
@@ -41,11 +40,7 @@ def plain_run(images, valid, epochs: int, seed: int) -> list[float]:
     for _ in range(epochs):
         for idx in minibatch_indices(images.shape[0], 100, generator=generator):
             x = torch.bernoulli(images[idx])
-            z_loc, raw_scale = encoder(x).split(TUTORIAL_NET.z_dim, dim=-1)
-            z_scale = F.softplus(raw_scale) + MIN_SCALE
-            z = z_loc + z_scale * torch.randn_like(z_loc)
-            reconstruction = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="sum")
-            kl = 0.5 * (z_scale.pow(2) + z_loc.pow(2) - 1 - 2 * z_scale.log()).sum()
+            reconstruction, kl = meanfield_terms(encoder, decoder, x, TUTORIAL_NET.z_dim)
             optimizer.zero_grad(set_to_none=True)
             (reconstruction + kl).backward()
             optimizer.step()
