@@ -32,10 +32,11 @@ from pathlib import Path
 import pyro
 import torch
 
+from analysis.common import check_positive, run_study
 from pyro_vae import VAEConfig, build_vae
 from pyro_vae.checkpoint import atomic_write_json
-from pyro_vae.data import fixed_binarization, load_mnist, minibatch_indices
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.data import load_mnist, minibatch_indices
+from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import ImportanceSamplingSummary
 from pyro_vae.evaluation import (
     ACTIVITY_THRESHOLD,
@@ -45,15 +46,14 @@ from pyro_vae.evaluation import (
     mean_se,
     split_report,
 )
-from pyro_vae.runs import load_run, read_run_history
-from pyro_vae.schedules import CosineFactor
+from pyro_vae.runs import load_eval_data, load_run, read_run_history
+from pyro_vae.schedules import CosineFactor, kl_weight
 
 from .plain_vae import meanfield_terms
 from .results_file import machine_description
 
 TUTORIAL_NET = VAEConfig()  # 784-1000-500-250, ReLU, z = 30
 PROG = "benchmarks.tutorial_net_peer"
-EVAL_SEED = 1234  # the binarization every pyro-vae evaluation uses (TrainConfig.eval_seed)
 
 
 def train_peer(
@@ -79,7 +79,7 @@ def train_peer(
     for epoch in range(epochs):
         started, total = time.perf_counter(), 0.0
         for idx in minibatch_indices(images.shape[0], batch_size, generator=generator):
-            beta = min(1.0, step / (warmup_epochs * steps_per_epoch)) if warmup_epochs > 0 else 1.0
+            beta = kl_weight(step, steps_per_epoch, warmup_epochs)
             x = torch.bernoulli(images[idx])
             reconstruction, kl = meanfield_terms(encoder, decoder, x, TUTORIAL_NET.z_dim)
             loss = reconstruction + beta * kl
@@ -133,8 +133,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     for name in ("epochs", "lr", "batch_size", "num_samples", "test_images"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        check_positive(f"--{name.replace('_', '-')}", [getattr(args, name)])
     if args.kl_warmup < 0:
         raise ConfigError(f"--kl-warmup must be >= 0 epochs, got {args.kl_warmup}")
     # The pyro-vae model first: a wrong --pretrained must fail before the long training, not after.
@@ -144,12 +143,12 @@ def main(argv=None) -> dict:
         raise ConfigError(f"{args.pretrained} is not the tutorial network (784-1000-500-250, z = 30)")
     pyro_vae_history = read_run_history(args.pretrained)
 
-    def split(name: str, subset: int | None = None) -> torch.Tensor:
-        return load_mnist(name, args.data_dir, subset=subset, data_split="iwae").images
-
-    images = split("train", args.train_images)
-    valid = fixed_binarization(split("valid"), EVAL_SEED)
-    test = fixed_binarization(split("test", args.test_images), EVAL_SEED)
+    # the shipped run's split and binarization seed, so that both models see the same digits
+    images = load_mnist(
+        "train", args.data_dir, subset=args.train_images, data_split=config.train.data_split
+    ).images
+    valid = load_eval_data(config, "valid", data_dir=args.data_dir)[0]
+    test = load_eval_data(config, "test", subset=args.test_images, data_dir=args.data_dir)[0]
     peer, curve = train_peer(
         images, valid, epochs=args.epochs, warmup_epochs=args.kl_warmup, lr=args.lr,
         batch_size=args.batch_size, seed=args.seed,
@@ -166,7 +165,7 @@ def main(argv=None) -> dict:
             f"Adam lr {args.lr:g} with a cosine schedule over {args.epochs} epochs, batch {args.batch_size}, "
             "decoder output bias = logit(mean training image), best validation epoch",
             "train_images": int(images.shape[0]),
-            "data_split": "iwae (60,000 less 400 for validation)",
+            "data_split": config.train.data_split,
             "seed": args.seed,
             "test_images": int(test.shape[0]),
             "num_samples": args.num_samples,
@@ -198,8 +197,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PyroVAEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    raise SystemExit(run_study(main))
